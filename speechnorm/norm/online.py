@@ -1,0 +1,202 @@
+"""``OnlineNorm``: the paper's layer as a drop-in ``torch.nn`` module, with a streaming state."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as fn
+from .autograd import ActivationClamp, LayerScaling, OnlineNormCore
+from .base import SequenceNorm, channel_view
+from .registry import register_norm
+
+ECMS = ("ls", "ac", None)
+STREAM_AXES = ("batch", "time")
+CLAMP_LIMIT = 5.0
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class OnlineNorm(SequenceNorm):
+    """Online Normalization (Chiley et al., NeurIPS 2019): out = ECM(γ · y + β).
+
+    ``y`` normalizes every sample with running statistics estimated from the samples *before* it
+    (decay ``alpha_fwd``); the backward is the paper's control process (decay ``alpha_bkw``), which
+    projects the gradient's mean and y-component out, making it unbiased without any batch.
+
+    Args:
+        num_features: C, the size of axis 1.
+        alpha_fwd: decay of the forward tracking of μ and σ².
+        alpha_bkw: decay of the backward control process.
+        eps: added to variances (the normalizer's and layer scaling's).
+        affine: learn a per-feature scale γ (init 1) and shift β (init 0).
+        ecm: error compensation after the affine transform: ``"ls"`` layer scaling (divide each
+            sample by the root of its second moment over all features and components),
+            ``"ac"`` activation clamping to [-5, 5], or ``None``.
+        stream_axis: what forms the stream.
+            ``"batch"`` — the paper's setting. Input (N, C), (N, C, L) or (N, C, H, W), ...; the
+            N samples, in index order, are consecutive stream samples, and the per-sample moments
+            are taken over the trailing axes. μ, σ² (``running_mean``, ``running_var``) and the
+            control state (u, v) (``control``) persist across calls in buffers. In eval mode the
+            frozen statistics normalize and nothing is updated.
+            ``"time"`` — the speech setting. Input (B, C, T) or (B, C, T, F); each batch element is
+            an independent stream over the T frames; a frame's components are its F bins. Every
+            stream starts from the running statistics and carries (μ, σ²) forward and (u, v)
+            backward through time. Train and eval compute the same function, and ``step`` continues
+            it one frame at a time. See ``_update_running_stats`` for how training moves the
+            running statistics.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        alpha_fwd: float = 0.999,
+        alpha_bkw: float = 0.99,
+        eps: float = 1e-5,
+        affine: bool = True,
+        ecm: str | None = "ls",
+        stream_axis: str = "batch",
+    ):
+        super().__init__(num_features)
+        for name, value in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        if ecm not in ECMS:
+            raise ValueError(f"ecm must be one of {ECMS}, got {ecm!r}")
+        if stream_axis not in STREAM_AXES:
+            raise ValueError(f"stream_axis must be one of {STREAM_AXES}, got {stream_axis!r}")
+        self.alpha_fwd = float(alpha_fwd)
+        self.alpha_bkw = float(alpha_bkw)
+        self.eps = float(eps)
+        self.affine = affine
+        self.ecm = ecm
+        self.stream_axis = stream_axis
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        # The batch axis's backward control state (u, v); unused on the time axis, where every
+        # stream's control starts from zero.
+        self.register_buffer("control", torch.zeros(2, num_features))
+
+    @property
+    def streamable(self) -> bool:
+        return self.stream_axis == "time"
+
+    def reset_running_stats(self) -> None:
+        """Restart the stream: μ = 0, σ² = 1, u = v = 0."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.control.zero_()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stream_axis == "batch":
+            return self._forward_batch_axis(x)
+        return self._forward_time_axis(x)
+
+    def _forward_batch_axis(self, x: Tensor) -> Tensor:
+        self._check(x, ranks=tuple(range(2, 9)), layout="(N, C, ...)")
+        n, c = x.shape[:2]
+        canonical = x.reshape(n, c, -1).transpose(0, 1).unsqueeze(0)  # (1, C, N, D)
+        if self.training:
+            y, mu, var = OnlineNormCore.apply(
+                canonical,
+                self.running_mean.unsqueeze(0),
+                self.running_var.unsqueeze(0),
+                self.control.unsqueeze(1),
+                self.alpha_fwd,
+                self.alpha_bkw,
+                self.eps,
+            )
+            with torch.no_grad():
+                self.running_mean.copy_(mu[0])
+                self.running_var.copy_(var[0])
+        else:
+            fn.require_finite(x, "OnlineNorm")
+            inv_std = torch.rsqrt(self.running_var + self.eps)
+            y = (canonical - channel_view(self.running_mean, 4)) * channel_view(inv_std, 4)
+        out = self._affine_ecm(y)
+        return out[0].transpose(0, 1).reshape(x.shape)
+
+    def _forward_time_axis(self, x: Tensor) -> Tensor:
+        self.check_sequence(x)
+        canonical = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
+        batch = x.shape[0]
+        mu0 = self.running_mean.expand(batch, -1)
+        var0 = self.running_var.expand(batch, -1)
+        y, mu, var = OnlineNormCore.apply(canonical, mu0, var0, None, self.alpha_fwd, self.alpha_bkw, self.eps)
+        if self.training:
+            self._update_running_stats(mu, var)
+        out = self._affine_ecm(y)
+        return out if x.dim() == 4 else out.squeeze(-1)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mu: Tensor, var: Tensor) -> None:
+        """Time axis: the running statistics become the pooled end state of the batch's streams.
+
+        Each stream started from (running_mean, running_var) and tracked its frames with decay
+        α_f, so its end state μ_T = α_f^T · running_mean + (1 - α_f^T) · (its data's weighted
+        mean): continuing the EMA through that stream. Averaging over the B streams (variance
+        pooled: mean of σ²_T plus the spread of μ_T across streams) continues it through the batch,
+        with no momentum to tune. The running statistics are only the *initial state* of every
+        stream, in training and in inference alike, so train and eval run the same function: the
+        network learns to use exactly the warm-up that streaming inference will see.
+        """
+        self.running_mean.copy_(mu.mean(dim=0))
+        self.running_var.copy_(var.mean(dim=0) + mu.var(dim=0, correction=0))
+
+    def _affine_ecm(self, y: Tensor) -> Tensor:
+        """γ · y + β, then error compensation per sample, on the canonical (P, C, L, D) layout."""
+        h = y
+        if self.affine:
+            h = torch.addcmul(channel_view(self.bias, 4), h, channel_view(self.weight, 4))
+        if self.ecm == "ls":
+            h = LayerScaling.apply(h, (1, 3), self.eps)
+        elif self.ecm == "ac":
+            h = ActivationClamp.apply(h, CLAMP_LIMIT)
+        return h
+
+    # ------------------------------------------------------------------ streaming (time axis)
+    def initial_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, Tensor]:
+        """(μ, σ²), each (batch, C): the running statistics every stream starts from."""
+        self.require_streamable()
+        dtype = dtype or torch.float32
+        mu = self.running_mean.to(device=device, dtype=dtype).expand(batch, -1).clone()
+        var = self.running_var.to(device=device, dtype=dtype).expand(batch, -1).clone()
+        return mu, var
+
+    def step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One frame (B, C) or (B, C, F) -> (the same shape, the new (μ, σ²)). Pure: no buffer changes."""
+        self.require_streamable()
+        self.check_frame(x_t)
+        mu, var = state
+        frame = x_t.reshape(x_t.shape[0], self.num_features, -1)  # (B, C, D)
+        if frame.dtype in _LOW_PRECISION:
+            frame = frame.float()
+        y, mu, var = fn.online_norm_step(frame, mu.to(frame.dtype), var.to(frame.dtype), self.alpha_fwd, self.eps)
+        out = self._affine_ecm(y.to(x_t.dtype).unsqueeze(2)).squeeze(2)
+        return out.reshape(x_t.shape), (mu.to(state[0].dtype), var.to(state[1].dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, eps={self.eps}, "
+            f"affine={self.affine}, ecm={self.ecm!r}, stream_axis={self.stream_axis!r}"
+        )
+
+
+@register_norm(
+    "online",
+    streaming="always",
+    summary="Online Normalization (Chiley et al. 2019) over time; unbiased gradient via the control process",
+)
+def _online_over_time(num_features: int, **kwargs) -> OnlineNorm:
+    kwargs.setdefault("stream_axis", "time")
+    if kwargs["stream_axis"] != "time":
+        raise ValueError("make_norm('online') normalizes sequences over time; build OnlineNorm directly for the batch axis")
+    return OnlineNorm(num_features, **kwargs)

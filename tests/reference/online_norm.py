@@ -1,0 +1,75 @@
+"""Online Normalization written as the paper's per-sample loop: slow, obvious, the test truth.
+
+A single stream is a tensor (L, C, D): L samples in order, C features, D components each.
+Everything runs in float64. Affine and error compensation are composed with plain torch ops
+and differentiated by autograd; only the normalization core uses the explicit control loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CLAMP = 5.0
+
+
+def forward_loop(x, mu, var, alpha, eps):
+    """The tracking process, one sample at a time. Returns y (L, C, D), the σ² before each sample
+    (L, C), and the final μ, σ²."""
+    ys, var_before = [], []
+    for x_t in x:
+        m = x_t.mean(dim=-1)
+        s = ((x_t - m[:, None]) ** 2).mean(dim=-1)
+        ys.append((x_t - mu[:, None]) / torch.sqrt(var[:, None] + eps))
+        var_before.append(var)
+        var = alpha * var + (1 - alpha) * s + alpha * (1 - alpha) * (m - mu) ** 2
+        mu = alpha * mu + (1 - alpha) * m
+    return torch.stack(ys), torch.stack(var_before), mu, var
+
+
+def control_loop(grad_y, y, var_before, alpha, eps, u, v):
+    """The control process, one sample at a time, in forward order. Returns x' (L, C, D), u, v."""
+    grads = []
+    for g_t, y_t, var_t in zip(grad_y, y, var_before):
+        z = g_t - (1 - alpha) * v[:, None] * y_t
+        v = v + (z * y_t).mean(dim=-1)
+        w = z / torch.sqrt(var_t[:, None] + eps)
+        x_grad = w - (1 - alpha) * u[:, None]
+        u = u + x_grad.mean(dim=-1)
+        grads.append(x_grad)
+    return torch.stack(grads), u, v
+
+
+def affine_ecm(y, weight, bias, ecm, eps):
+    """ECM(γ y + β) for one stream (L, C, D); layer scaling per sample over (C, D)."""
+    h = y
+    if weight is not None:
+        h = h * weight[None, :, None] + bias[None, :, None]
+    if ecm == "ls":
+        h = h / torch.sqrt((h**2).mean(dim=(1, 2), keepdim=True) + eps)
+    elif ecm == "ac":
+        h = torch.clamp(h, -CLAMP, CLAMP)
+    return h
+
+
+def layer(x, grad_out, *, mu, var, u, v, weight, bias, ecm, alpha_fwd, alpha_bkw, eps):
+    """Forward and backward of the whole layer on one stream (L, C, D).
+
+    Returns a dict: out, grad_x, grad_weight, grad_bias, mu, var, u, v (final states).
+    """
+    x, grad_out = x.double(), grad_out.double()
+    y, var_before, mu, var = forward_loop(x, mu.double(), var.double(), alpha_fwd, eps)
+    y = y.detach().requires_grad_(True)
+    params = [p.detach().double().requires_grad_(True) if p is not None else None for p in (weight, bias)]
+    out = affine_ecm(y, params[0], params[1], ecm, eps)
+    out.backward(grad_out)
+    grad_x, u, v = control_loop(y.grad, y.detach(), var_before, alpha_bkw, eps, u.double(), v.double())
+    return {
+        "out": out.detach(),
+        "grad_x": grad_x,
+        "grad_weight": params[0].grad if params[0] is not None else None,
+        "grad_bias": params[1].grad if params[1] is not None else None,
+        "mu": mu,
+        "var": var,
+        "u": u,
+        "v": v,
+    }
