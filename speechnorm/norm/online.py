@@ -121,7 +121,7 @@ class OnlineNorm(SequenceNorm):
             fn.require_finite(x, "OnlineNorm")
             inv_std = torch.rsqrt(self.running_var + self.eps)
             y = (canonical - channel_view(self.running_mean, 4)) * channel_view(inv_std, 4)
-        out = self._affine_ecm(y)
+        out = self._affine_ecm(y).to(x.dtype)
         return out[0].transpose(0, 1).reshape(x.shape)
 
     def _forward_time_axis(self, x: Tensor) -> Tensor:
@@ -133,7 +133,7 @@ class OnlineNorm(SequenceNorm):
         y, mu, var = OnlineNormCore.apply(canonical, mu0, var0, None, self.alpha_fwd, self.alpha_bkw, self.eps)
         if self.training:
             self._update_running_stats(mu, var)
-        out = self._affine_ecm(y)
+        out = self._affine_ecm(y).to(x.dtype)
         return out if x.dim() == 4 else out.squeeze(-1)
 
     @torch.no_grad()
@@ -180,7 +180,7 @@ class OnlineNorm(SequenceNorm):
         if frame.dtype in _LOW_PRECISION:
             frame = frame.float()
         y, mu, var = fn.online_norm_step(frame, mu.to(frame.dtype), var.to(frame.dtype), self.alpha_fwd, self.eps)
-        out = self._affine_ecm(y.to(x_t.dtype).unsqueeze(2)).squeeze(2)
+        out = self._affine_ecm(y.unsqueeze(2)).squeeze(2).to(x_t.dtype)
         return out.reshape(x_t.shape), (mu.to(state[0].dtype), var.to(state[1].dtype))
 
     def extra_repr(self) -> str:
