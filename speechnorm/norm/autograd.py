@@ -15,42 +15,73 @@ from . import functional as fn
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-class OnlineNormCore(torch.autograd.Function):
-    """x (P, C, L, D) -> y (P, C, L, D), plus the final (μ, σ²) as non-differentiable outputs.
+STAT_DTYPE = torch.float64  # the small per-sample statistics; the big tensors keep their dtype
 
-    ``control`` is ``None`` (each stream's (u, v) starts at zero and is discarded, the time
-    axis) or a (2, P, C) tensor holding (u, v) that the backward continues from and overwrites in
-    place when it finishes (the batch axis, where the control state persists across calls). That
-    in-place write is the only side effect, and it is visible in the signature.
-    Statistics are computed in float32 at least; y is returned in x's dtype.
+
+def _to_canonical(stats: Tensor, layout: str) -> Tensor:
+    """Per-sample statistics in the input's layout -> canonical (P, C, L), as float64."""
+    stats = stats.to(STAT_DTYPE)
+    return stats if layout == "time" else stats.transpose(0, 1).unsqueeze(0)
+
+
+def _to_native(coeff: Tensor, layout: str, dtype: torch.dtype) -> Tensor:
+    """Canonical (P, C, L) coefficients -> broadcastable against the input, in its dtype."""
+    native = coeff if layout == "time" else coeff[0].transpose(0, 1)
+    return native.unsqueeze(-1).to(dtype)
+
+
+class OnlineNormFunction(torch.autograd.Function):
+    """Online Norm with its affine transform and (optionally) layer scaling, fused.
+
+    Inputs: x in one of two layouts — ``"time"``: (P, C, L, D), P streams over L samples;
+    ``"batch"``: (N, C, D), one stream over the N samples. ``weight``/``bias`` (C,) or None;
+    ``mu0``/``var0`` (P, C) the statistics before the first sample; ``control`` ``None`` (each
+    stream's control (u, v) starts at zero and is discarded: the time axis) or a (2, P, C) tensor
+    of (u, v) that the backward continues from and overwrites in place when it finishes (the
+    batch axis, where the control state persists across calls — the only side effect, and it is
+    in the signature).
+
+    Returns out (x's shape and dtype) and the end statistics (μ, σ²) as (P, C) float64,
+    non-differentiable. Memory: saves x and per-sample statistics only, like BatchNorm.
     """
 
     @staticmethod
-    def forward(ctx, x, mu0, var0, control, alpha_fwd, alpha_bkw, eps):
+    def forward(ctx, x, weight, bias, mu0, var0, control, layout, alpha_fwd, alpha_bkw, eps, layer_scaling):
         compute = x.float() if x.dtype in _LOW_PRECISION else x
-        res = fn.online_norm_fwd(compute, mu0.to(compute.dtype), var0.to(compute.dtype), alpha_fwd, eps)
-        ctx.save_for_backward(res.y, res.inv_std, res.mean_y, res.mean_y2)
-        ctx.control = control
-        ctx.alpha_bkw = alpha_bkw
-        ctx.input_dtype = x.dtype
-        mu, var = res.mu, res.var
-        ctx.mark_non_differentiable(mu, var)
-        return res.y.to(x.dtype), mu, var
+        mean_x, var_x = fn.sample_moments(compute)
+        fn.require_finite(mean_x + var_x, "OnlineNorm")
+        mean_x, var_x = _to_canonical(mean_x, layout), _to_canonical(var_x, layout)
+        params = [None if p is None else p.detach().to(STAT_DTYPE) for p in (weight, bias)]
+        tr = fn.track(mean_x, var_x, mu0.to(STAT_DTYPE), var0.to(STAT_DTYPE), alpha_fwd)
+        co = fn.forward_coefficients(mean_x, var_x, tr, params[0], params[1], eps, layer_scaling)
+        out = torch.addcmul(_to_native(co.shift, layout, compute.dtype), compute, _to_native(co.scale, layout, compute.dtype))
+        ctx.save_for_backward(compute, mean_x, var_x, *tr, *co[:5], co.inv_s)
+        param_dtypes = tuple(None if p is None else p.dtype for p in (weight, bias))
+        ctx.meta = (layout, alpha_bkw, control, params[0], param_dtypes, x.dtype)
+        ctx.mark_non_differentiable(tr.mu_end, tr.var_end)
+        return out.to(x.dtype), tr.mu_end, tr.var_end
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, _grad_mu, _grad_var):
-        y, inv_std, mean_y, mean_y2 = ctx.saved_tensors
-        control = ctx.control
+    def backward(ctx, grad_out, _grad_mu, _grad_var):
+        x, mean_x, var_x, *saved = ctx.saved_tensors
+        tr, co = fn.Tracking(*saved[:4]), fn.Coefficients(*saved[4:])
+        layout, alpha_bkw, control, weight, param_dtypes, input_dtype = ctx.meta
+        grad_out = grad_out.to(x.dtype)
+        sum_g = _to_canonical(grad_out.sum(dim=-1), layout)
+        sum_gx = _to_canonical(torch.einsum("...d,...d->...", grad_out, x), layout)
         if control is None:
-            u0 = v0 = inv_std.new_zeros(inv_std.shape[:-1])
+            u0 = v0 = mean_x.new_zeros(mean_x.shape[:-1])
         else:
-            u0, v0 = control[0].to(inv_std.dtype), control[1].to(inv_std.dtype)
-        grad_x, u, v = fn.online_norm_bwd(grad_y.to(y.dtype), y, inv_std, mean_y, mean_y2, ctx.alpha_bkw, u0, v0)
+            u0, v0 = control[0].to(STAT_DTYPE), control[1].to(STAT_DTYPE)
+        gr = fn.backward_coefficients(sum_g, sum_gx, x.shape[-1], mean_x, var_x, tr, co, weight, alpha_bkw, u0, v0)
+        grad_x = torch.addcmul(_to_native(gr.c0, layout, x.dtype), grad_out, _to_native(gr.cg, layout, x.dtype))
+        grad_x.addcmul_(x, _to_native(gr.cx, layout, x.dtype))
         if control is not None:
-            control[0].copy_(u)
-            control[1].copy_(v)
-        return grad_x.to(ctx.input_dtype), None, None, None, None, None, None
+            control[0].copy_(gr.u_end)
+            control[1].copy_(gr.v_end)
+        grads = [None if d is None else g.to(d) for g, d in zip((gr.grad_weight, gr.grad_bias), param_dtypes)]
+        return grad_x.to(input_dtype), *grads, None, None, None, None, None, None, None, None
 
 
 class LayerScaling(torch.autograd.Function):

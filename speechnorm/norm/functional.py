@@ -12,7 +12,11 @@ Notation follows ../shared/ONLINE_NORM.md: forward decay ``alpha`` (α_f), backw
 
 Structure (the "three passes"): a parallel reduction over D for the per-sample moments, a
 log-depth scan of the small statistics sequences (``linear_scan``), then one parallel
-elementwise pass. The backward has the same shape.
+elementwise pass. The backward has the same shape. The affine transform and layer scaling are
+folded into that elementwise pass: the functions below compute, from small per-sample
+statistics, the coefficients of ``out = x * scale + shift`` and of
+``grad_x = g * cg + x * cx + c0``; the big tensors are touched only by reductions and one
+fused multiply-add each way.
 """
 
 from __future__ import annotations
@@ -25,15 +29,6 @@ from torch import Tensor
 from .scan import linear_scan, shift_in
 
 
-class ForwardResult(NamedTuple):
-    y: Tensor  # (P, C, L, D) normalized samples
-    inv_std: Tensor  # (P, C, L) 1 / sqrt(σ²_{t-1} + eps): the scale each sample was normalized with
-    mean_y: Tensor  # (P, C, L) mean_D(y_t), in closed form from the statistics
-    mean_y2: Tensor  # (P, C, L) mean_D(y_t²), in closed form from the statistics
-    mu: Tensor  # (P, C) μ after the last sample
-    var: Tensor  # (P, C) σ² after the last sample
-
-
 def require_finite(stats: Tensor, where: str) -> None:
     """Refuse non-finite input: one NaN would poison a running statistic for all later samples."""
     if not bool(torch.isfinite(stats).all()):
@@ -43,70 +38,158 @@ def require_finite(stats: Tensor, where: str) -> None:
         )
 
 
+#: One-pass moments lose about eps * (mean/std)² of relative precision; rows where that could
+#: exceed ~1e-5 of the variance are recomputed two-pass.
+REFINE_RATIO = 50.0
+
+
 def sample_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample mean and biased variance over the components D (last axis), numerically stable."""
-    var, mean = torch.var_mean(x, dim=-1, correction=0)
+    """Per-sample mean and biased variance over the components D (last axis).
+
+    One pass of two fast reductions (sum, sum of squares), then the rows whose mean dominates
+    their spread (where E[x²] - E[x]² would cancel) are recomputed two-pass. Exact for D = 1.
+    """
+    count = x.shape[-1]
+    if count == 1:
+        mean = x[..., 0]
+        return mean, torch.zeros_like(mean)
+    mean = x.sum(dim=-1) / count
+    var = (torch.linalg.vector_norm(x, ord=2, dim=-1).square() / count - mean.square()).clamp_min(0.0)
+    suspect = (mean.square() > REFINE_RATIO * var).reshape(-1).nonzero().squeeze(1)
+    if suspect.numel():
+        rows = x.reshape(-1, count)[suspect]
+        refined_var, refined_mean = torch.var_mean(rows, dim=-1, correction=0)
+        var.view(-1)[suspect] = refined_var
+        mean.view(-1)[suspect] = refined_mean
     return mean, var
 
 
-def online_norm_fwd(x: Tensor, mu0: Tensor, var0: Tensor, alpha: float, eps: float) -> ForwardResult:
-    """The forward tracking process over a whole stream.
+class Tracking(NamedTuple):
+    """The forward tracking process over a stream, canonical (P, C, L) / (P, C)."""
 
-    y_t  = (x_t - μ_{t-1}) / sqrt(σ²_{t-1} + eps)
+    mu_prev: Tensor  # μ_{t-1}: the mean each sample was normalized with
+    var_prev: Tensor  # σ²_{t-1}
+    mu_end: Tensor  # μ after the last sample
+    var_end: Tensor  # σ² after the last sample
+
+
+def track(mean_x: Tensor, var_x: Tensor, mu0: Tensor, var0: Tensor, alpha: float) -> Tracking:
+    """Scan the statistics of a stream given its per-sample moments:
+
     σ²_t = α σ²_{t-1} + (1-α) σ²(x_t) + α(1-α) (μ(x_t) - μ_{t-1})²
     μ_t  = α μ_{t-1} + (1-α) μ(x_t)
-
-    Args:
-        x: (P, C, L, D). mu0, var0: (P, C) state before the first sample.
     """
-    mean_x, var_x = sample_moments(x)
-    require_finite(mean_x + var_x, "OnlineNorm")
     mu = linear_scan(alpha, (1.0 - alpha) * mean_x, mu0)
     mu_prev = shift_in(mu0, mu)
-    delta = mean_x - mu_prev
-    var = linear_scan(alpha, (1.0 - alpha) * var_x + (alpha * (1.0 - alpha)) * delta.square(), var0)
-    inv_std = torch.rsqrt(shift_in(var0, var) + eps)
-    # y = x * inv_std - mu_prev * inv_std, in one fused pass.
-    y = torch.addcmul((-mu_prev * inv_std).unsqueeze(-1), x, inv_std.unsqueeze(-1))
+    var = linear_scan(alpha, (1.0 - alpha) * var_x + (alpha * (1.0 - alpha)) * (mean_x - mu_prev).square(), var0)
+    return Tracking(mu_prev, shift_in(var0, var), mu[..., -1], var[..., -1])
+
+
+class Coefficients(NamedTuple):
+    """The whole forward as one affine map per sample and feature: out = x * scale + shift."""
+
+    scale: Tensor  # (P, C, L)
+    shift: Tensor  # (P, C, L)
+    inv_std: Tensor  # 1 / sqrt(σ²_{t-1} + eps)
+    mean_y: Tensor  # mean_D(y_t), y_t = (x_t - μ_{t-1}) * inv_std
+    mean_y2: Tensor  # mean_D(y_t²)
+    inv_s: Tensor | None  # layer scaling's 1 / s_t, (P, 1, L); None without layer scaling
+
+
+def forward_coefficients(
+    mean_x: Tensor, var_x: Tensor, tr: Tracking, weight: Tensor | None, bias: Tensor | None, eps: float, layer_scaling: bool
+) -> Coefficients:
+    """out = LS(γ y + β) with y = (x - μ_{t-1}) / sqrt(σ²_{t-1} + eps), in closed form.
+
+    γ y + β is affine in x per sample and feature, and layer scaling divides a sample by
+    s_t = sqrt(mean_{C,D}(h²) + eps) where mean_D(h²) = γ² inv_std² var(x_t) + (γ mean_D(y_t) + β)²:
+    so the output needs only the per-sample moments and one elementwise pass.
+    Canonical shapes (P, C, L); weight and bias (C,) or None (γ = 1, β = 0).
+    """
+    inv_std = torch.rsqrt(tr.var_prev + eps)
+    delta = mean_x - tr.mu_prev
     mean_y = delta * inv_std
     mean_y2 = (var_x + delta.square()) * inv_std.square()
-    return ForwardResult(y, inv_std, mean_y, mean_y2, mu[..., -1], var[..., -1])
+    gamma = 1.0 if weight is None else weight.view(1, -1, 1)
+    beta = 0.0 if bias is None else bias.view(1, -1, 1)
+    scale = gamma * inv_std
+    shift = beta - scale * tr.mu_prev
+    inv_s = None
+    if layer_scaling:
+        mean_h2 = scale.square() * var_x + (gamma * mean_y + beta).square()
+        inv_s = torch.rsqrt(mean_h2.mean(dim=1, keepdim=True) + eps)
+        scale, shift = scale * inv_s, shift * inv_s
+    return Coefficients(scale, shift, inv_std, mean_y, mean_y2, inv_s)
 
 
-def online_norm_bwd(
-    grad_y: Tensor,
-    y: Tensor,
-    inv_std: Tensor,
-    mean_y: Tensor,
-    mean_y2: Tensor,
+class Gradients(NamedTuple):
+    """The whole backward as one affine map per sample and feature: grad_x = g * cg + x * cx + c0."""
+
+    cg: Tensor  # (P, C, L)
+    cx: Tensor
+    c0: Tensor
+    grad_weight: Tensor  # (C,)
+    grad_bias: Tensor  # (C,)
+    u_end: Tensor  # (P, C) control state after the last sample
+    v_end: Tensor
+
+
+def backward_coefficients(
+    sum_g: Tensor,
+    sum_gx: Tensor,
+    count: int,
+    mean_x: Tensor,
+    var_x: Tensor,
+    tr: Tracking,
+    co: Coefficients,
+    weight: Tensor | None,
     alpha: float,
     u0: Tensor,
     v0: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The backward control process over a whole stream, in forward order.
+) -> Gradients:
+    """The backward of ``forward_coefficients``: layer scaling's and the affine map's exact
+    gradients, then the paper's control process on the normalization.
 
-    z_t  = g_t - (1-α) v_{t-1} y_t          v_t = v_{t-1} + mean_D(z_t y_t)
-    w_t  = z_t / sqrt(σ²_{t-1} + eps)
-    x'_t = w_t - (1-α) u_{t-1}              u_t = u_{t-1} + mean_D(x'_t)
-
-    Substituting z_t shows both controls are linear recurrences over the (P, C, L) statistics:
-    v_t = (1 - (1-α) mean_D(y_t²)) v_{t-1} + mean_D(g_t y_t) and u_t = α u_{t-1} + mean_D(w_t),
-    with mean_D(w_t) = inv_std_t (mean_D(g_t) - (1-α) v_{t-1} mean_D(y_t)).
-
-    Returns:
-        grad_x (P, C, L, D), u and v after the last sample (P, C).
+    Given g = ∂L/∂out reduced per sample to sum_D(g) and sum_D(g x) (canonical (P, C, L)):
+      layer scaling   g_h = (g - mean_{C,D}(g out) out) / s              (exact)
+      affine          g_y = γ g_h,  ∂L/∂γ = Σ g_h y,  ∂L/∂β = Σ g_h      (exact)
+      control         z_t = g_y - (1-α) v_{t-1} y_t,   v_t = v_{t-1} + mean_D(z_t y_t)
+                      x'_t = z_t inv_std_t - (1-α) u_{t-1},   u_t = u_{t-1} + mean_D(x'_t)
+    Every term is affine in g and x per sample, so the gradient is one elementwise pass; the
+    control variables obey linear recurrences over the small statistics:
+      v_t = (1 - (1-α) mean_D(y_t²)) v_{t-1} + mean_D(g_y y_t),
+      u_t = α u_{t-1} + inv_std_t (mean_D(g_y) - (1-α) v_{t-1} mean_D(y_t)).
     """
+    sum_x = count * mean_x
+    sum_x2 = count * (var_x + mean_x.square())
+    if co.inv_s is None:
+        cg, cx, c0 = 1.0, 0.0, 0.0
+        sum_gh, sum_ghx = sum_g, sum_gx
+    else:
+        sum_g_out = co.scale * sum_gx + co.shift * sum_g  # Σ_D g·out per feature
+        proj = sum_g_out.sum(dim=1, keepdim=True) / (sum_g.shape[1] * count)
+        cg, cx, c0 = co.inv_s, -co.inv_s * proj * co.scale, -co.inv_s * proj * co.shift
+        sum_gh = cg * sum_g + cx * sum_x + c0 * count
+        sum_ghx = cg * sum_gx + cx * sum_x2 + c0 * sum_x
+    sum_gh_y = co.inv_std * (sum_ghx - tr.mu_prev * sum_gh)  # Σ_D g_h·y
+    gamma = 1.0 if weight is None else weight.view(1, -1, 1)
     k = 1.0 - alpha
-    mean_gy = torch.linalg.vecdot(grad_y, y, dim=-1) / y.shape[-1]
-    mean_g = grad_y.mean(dim=-1)
-    v = linear_scan(1.0 - k * mean_y2, mean_gy, v0)
+    v = linear_scan(1.0 - k * co.mean_y2, gamma * sum_gh_y / count, v0)
     kv_prev = k * shift_in(v0, v)
-    u = linear_scan(alpha, inv_std * (mean_g - kv_prev * mean_y), u0)
+    u = linear_scan(alpha, co.inv_std * (gamma * sum_gh / count - kv_prev * co.mean_y), u0)
     ku_prev = k * shift_in(u0, u)
-    # x' = inv_std * g - inv_std * k v_{t-1} * y - k u_{t-1}, in two fused passes.
-    grad_x = torch.addcmul((-ku_prev).unsqueeze(-1), grad_y, inv_std.unsqueeze(-1))
-    grad_x.addcmul_(y, (-kv_prev * inv_std).unsqueeze(-1))
-    return grad_x, u[..., -1], v[..., -1]
+    # grad_x = inv_std γ g_h - (1-α) v_{t-1} inv_std² (x - μ_{t-1}) - (1-α) u_{t-1}
+    outer = gamma * co.inv_std
+    damp = kv_prev * co.inv_std.square()
+    return Gradients(
+        cg=outer * cg,
+        cx=outer * cx - damp,
+        c0=outer * c0 + damp * tr.mu_prev - ku_prev,
+        grad_weight=sum_gh_y.sum(dim=(0, 2)),
+        grad_bias=sum_gh.sum(dim=(0, 2)),
+        u_end=u[..., -1],
+        v_end=v[..., -1],
+    )
 
 
 def online_norm_step(x_t: Tensor, mu: Tensor, var: Tensor, alpha: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as fn
-from .autograd import ActivationClamp, LayerScaling, OnlineNormCore
+from .autograd import ActivationClamp, LayerScaling, OnlineNormFunction
 from .base import SequenceNorm, channel_view
 from .registry import register_norm
 
@@ -102,39 +102,38 @@ class OnlineNorm(SequenceNorm):
 
     def _forward_batch_axis(self, x: Tensor) -> Tensor:
         self._check(x, ranks=tuple(range(2, 9)), layout="(N, C, ...)")
-        n, c = x.shape[:2]
-        canonical = x.reshape(n, c, -1).transpose(0, 1).unsqueeze(0)  # (1, C, N, D)
+        samples = x.reshape(x.shape[0], self.num_features, -1)  # (N, C, D)
         if self.training:
-            y, mu, var = OnlineNormCore.apply(
-                canonical,
-                self.running_mean.unsqueeze(0),
-                self.running_var.unsqueeze(0),
-                self.control.unsqueeze(1),
-                self.alpha_fwd,
-                self.alpha_bkw,
-                self.eps,
-            )
+            out, mu, var = self._normalize(samples, "batch", self.running_mean, self.running_var, self.control)
             with torch.no_grad():
                 self.running_mean.copy_(mu[0])
                 self.running_var.copy_(var[0])
-        else:
+        else:  # the paper's inference: frozen statistics, nothing updated
             fn.require_finite(x, "OnlineNorm")
             inv_std = torch.rsqrt(self.running_var + self.eps)
-            y = (canonical - channel_view(self.running_mean, 4)) * channel_view(inv_std, 4)
-        out = self._affine_ecm(y).to(x.dtype)
-        return out[0].transpose(0, 1).reshape(x.shape)
+            y = (samples - channel_view(self.running_mean, 3)) * channel_view(inv_std, 3)
+            out = self._affine_ecm(y.transpose(0, 1).unsqueeze(0))[0].transpose(0, 1)
+        return out.reshape(x.shape).to(x.dtype)
 
     def _forward_time_axis(self, x: Tensor) -> Tensor:
         self.check_sequence(x)
-        canonical = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
+        frames = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
         batch = x.shape[0]
-        mu0 = self.running_mean.expand(batch, -1)
-        var0 = self.running_var.expand(batch, -1)
-        y, mu, var = OnlineNormCore.apply(canonical, mu0, var0, None, self.alpha_fwd, self.alpha_bkw, self.eps)
+        mu0, var0 = self.running_mean.expand(batch, -1), self.running_var.expand(batch, -1)
+        out, mu, var = self._normalize(frames, "time", mu0, var0, None)
         if self.training:
             self._update_running_stats(mu, var)
-        out = self._affine_ecm(y).to(x.dtype)
         return out if x.dim() == 4 else out.squeeze(-1)
+
+    def _normalize(self, x: Tensor, layout: str, mu0: Tensor, var0: Tensor, control: Tensor | None):
+        """The fused training path: normalize, affine and layer scaling in one autograd Function."""
+        out, mu, var = OnlineNormFunction.apply(
+            x, self.weight, self.bias, mu0, var0, None if control is None else control.unsqueeze(1),
+            layout, self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm == "ls",
+        )
+        if self.ecm == "ac":
+            out = ActivationClamp.apply(out, CLAMP_LIMIT)
+        return out, mu, var
 
     @torch.no_grad()
     def _update_running_stats(self, mu: Tensor, var: Tensor) -> None:
