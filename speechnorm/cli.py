@@ -1,0 +1,59 @@
+"""The `speechnorm` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    run(frames=args.frames, seed=args.seed)
+    return 0
+
+
+def _norms(args: argparse.Namespace) -> int:
+    from .norm import available
+
+    specs = available()
+    width = max(len(name) for name in specs)
+    print(f"{'kind':<{width}}  streams     description")
+    for name, spec in sorted(specs.items()):
+        print(f"{name:<{width}}  {spec.streaming:<10}  {spec.summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechnorm",
+        description="Multi-channel streaming speech enhancement with Online Normalization.",
+    )
+    parser.add_argument("--version", action="version", version=f"speechnorm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser("demo", help="show Online Norm tracking, streaming and its control process")
+    demo.add_argument("--frames", type=int, default=2000, help="stream length in frames (default 2000)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+    norms = commands.add_parser("norms", help="list the registered normalizers and whether they stream")
+    norms.set_defaults(run=_norms)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as err:
+        print(f"speechnorm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
