@@ -15,12 +15,21 @@ from . import functional as fn
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-STAT_DTYPE = torch.float64  # the small per-sample statistics; the big tensors keep their dtype
+def stat_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the per-sample statistics and the algebra on them.
+
+    float64 when a sample has several components: the algebra uses E[x²] = var + mean², which
+    float32 would round away for features riding on a large offset, and the statistics are D
+    times smaller than the data, so float64 costs little. With one component per sample
+    (recurrent features, (B, C, T)) there is no such cancellation and the statistics are as
+    large as the data, so they stay in the compute dtype.
+    """
+    return torch.float64 if x.shape[-1] > 1 or x.dtype == torch.float64 else torch.float32
 
 
-def _to_canonical(stats: Tensor, layout: str) -> Tensor:
-    """Per-sample statistics in the input's layout -> canonical (P, C, L), as float64."""
-    stats = stats.to(STAT_DTYPE)
+def _to_canonical(stats: Tensor, layout: str, dtype: torch.dtype) -> Tensor:
+    """Per-sample statistics in the input's layout -> canonical (P, C, L)."""
+    stats = stats.to(dtype)
     return stats if layout == "time" else stats.transpose(0, 1).unsqueeze(0)
 
 
@@ -41,7 +50,7 @@ class OnlineNormFunction(torch.autograd.Function):
     batch axis, where the control state persists across calls — the only side effect, and it is
     in the signature).
 
-    Returns out (x's shape and dtype) and the end statistics (μ, σ²) as (P, C) float64,
+    Returns out (x's shape and dtype) and the end statistics (μ, σ²) as (P, C) in ``stat_dtype``,
     non-differentiable. Memory: saves x and per-sample statistics only, like BatchNorm.
     """
 
@@ -50,9 +59,10 @@ class OnlineNormFunction(torch.autograd.Function):
         compute = x.float() if x.dtype in _LOW_PRECISION else x
         mean_x, var_x = fn.sample_moments(compute)
         fn.require_finite(mean_x + var_x, "OnlineNorm")
-        mean_x, var_x = _to_canonical(mean_x, layout), _to_canonical(var_x, layout)
-        params = [None if p is None else p.detach().to(STAT_DTYPE) for p in (weight, bias)]
-        tr = fn.track(mean_x, var_x, mu0.to(STAT_DTYPE), var0.to(STAT_DTYPE), alpha_fwd)
+        dtype = stat_dtype(compute)
+        mean_x, var_x = _to_canonical(mean_x, layout, dtype), _to_canonical(var_x, layout, dtype)
+        params = [None if p is None else p.detach().to(dtype) for p in (weight, bias)]
+        tr = fn.track(mean_x, var_x, mu0.to(dtype), var0.to(dtype), alpha_fwd)
         co = fn.forward_coefficients(mean_x, var_x, tr, params[0], params[1], eps, layer_scaling)
         out = torch.addcmul(_to_native(co.shift, layout, compute.dtype), compute, _to_native(co.scale, layout, compute.dtype))
         ctx.save_for_backward(compute, mean_x, var_x, *tr, *co[:5], co.inv_s)
@@ -68,12 +78,12 @@ class OnlineNormFunction(torch.autograd.Function):
         tr, co = fn.Tracking(*saved[:4]), fn.Coefficients(*saved[4:])
         layout, alpha_bkw, control, weight, param_dtypes, input_dtype = ctx.meta
         grad_out = grad_out.to(x.dtype)
-        sum_g = _to_canonical(grad_out.sum(dim=-1), layout)
-        sum_gx = _to_canonical(torch.einsum("...d,...d->...", grad_out, x), layout)
+        sum_g = _to_canonical(grad_out.sum(dim=-1), layout, mean_x.dtype)
+        sum_gx = _to_canonical(torch.einsum("...d,...d->...", grad_out, x), layout, mean_x.dtype)
         if control is None:
             u0 = v0 = mean_x.new_zeros(mean_x.shape[:-1])
         else:
-            u0, v0 = control[0].to(STAT_DTYPE), control[1].to(STAT_DTYPE)
+            u0, v0 = control[0].to(mean_x.dtype), control[1].to(mean_x.dtype)
         gr = fn.backward_coefficients(sum_g, sum_gx, x.shape[-1], mean_x, var_x, tr, co, weight, alpha_bkw, u0, v0)
         grad_x = torch.addcmul(_to_native(gr.c0, layout, x.dtype), grad_out, _to_native(gr.cg, layout, x.dtype))
         grad_x.addcmul_(x, _to_native(gr.cx, layout, x.dtype))

@@ -33,3 +33,12 @@ def test_linear_scan_broadcasts_initial_and_handles_empty():
 def test_shift_in_prepends_initial():
     seq = torch.arange(6.0).view(2, 3)
     assert torch.equal(shift_in(torch.tensor([-1.0, -2.0]), seq), torch.tensor([[-1.0, 0, 1], [-2.0, 3, 4]]))
+
+
+@pytest.mark.parametrize("length", [1, 4, 9])
+def test_linear_scan_leaves_its_inputs_alone(length):
+    inputs, decay = torch.randn(3, length), torch.rand(3, length)
+    kept = inputs.clone(), decay.clone()
+    linear_scan(decay, inputs, torch.ones(3))
+    linear_scan(0.5, inputs, torch.ones(3))
+    assert torch.equal(inputs, kept[0]) and torch.equal(decay, kept[1])
