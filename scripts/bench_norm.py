@@ -93,7 +93,7 @@ def main(argv=None):
         layer_dims = shape[1:] if axis == "batch" else shape[-1:]
         rows = [
             (bn_label, fwd_bwd(batchnorm, x, grad)),
-            (f"LayerNorm{list(layer_dims)}", fwd_bwd(nn.LayerNorm(layer_dims).to(device), x, grad)),
+            (f"LayerNorm over {list(layer_dims)}", fwd_bwd(nn.LayerNorm(layer_dims).to(device), x, grad)),
             ("OnlineNorm core (affine, no ECM)", fwd_bwd(OnlineNorm(channels, ecm=None, stream_axis=axis).to(device), x, grad)),
             ("OnlineNorm + layer scaling", fwd_bwd(OnlineNorm(channels, ecm="ls", stream_axis=axis).to(device), x, grad)),
         ]
