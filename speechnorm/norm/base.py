@@ -69,6 +69,8 @@ class SequenceNorm(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{name} expects a floating-point tensor, got {x.dtype}")
+        if x.numel() == 0:
+            raise ValueError(f"{name} got an empty input of shape {tuple(x.shape)}; it needs at least one sample")
 
     def initial_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, ...]:
         """The state before the first frame; frame-local normalizers have none."""

@@ -204,6 +204,35 @@ class StreamingLpNorm(_AffineMixin, SequenceNorm):
         return f"{self.num_features}, p={self.p}, alpha={self.alpha}, eps={self.eps}, affine={self.affine}"
 
 
+#: Mean and standard deviation of ReLU(z) for z ~ N(0, 1).
+RELU_MEAN = 1.0 / math.sqrt(2.0 * math.pi)
+RELU_STD = math.sqrt((1.0 - 1.0 / math.pi) / 2.0)
+
+
+@register_norm(
+    "normprop",
+    streaming="always",
+    summary="Normalization Propagation (Arpit et al. 2016): data-free, for ReLU outputs of unit-norm layers",
+)
+class NormProp(_AffineMixin, SequenceNorm):
+    """The activation side of Normalization Propagation (Arpit et al. 2016, arXiv 1603.01431).
+
+    NormProp uses no data statistics: if a layer's pre-activations are standard normal (unit-norm
+    weights on normalized inputs), ReLU's output has the known mean sqrt(1/(2π)) and standard
+    deviation sqrt((1 - 1/π)/2), which this layer removes analytically:
+    y = γ (x - mean) / std + β. It applies where its input is the ReLU of a weight-normalized
+    linear or conv layer; the weight normalization itself belongs to that layer.
+    """
+
+    def __init__(self, num_features: int, affine: bool = True):
+        super().__init__(num_features)
+        self._init_affine(affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_sequence(x)
+        return self._apply_affine((x - RELU_MEAN) / RELU_STD)
+
+
 @register_norm("none", streaming="always", summary="identity (no normalization)")
 class NoNorm(SequenceNorm):
     """The identity, for the 'no normalization' arm of an ablation."""

@@ -100,3 +100,17 @@ def test_streaming_lp_matches_loop():
 def test_streaming_lp_starts_calibrated_for_unit_gaussians():
     assert math.isclose(make_norm("streaming_lp", 1).running_moment.item(), math.sqrt(2 / math.pi), rel_tol=1e-6)
     assert math.isclose(make_norm("streaming_lp", 1, p=2).running_moment.item(), 1.0, rel_tol=1e-6)
+
+
+def test_normprop_normalizes_relu_of_standard_normal_without_statistics():
+    x = torch.relu(torch.randn(4, 3, 2000))
+    y = make_norm("normprop", 3)(x)
+    assert abs(y.mean().item()) < 0.02 and abs(y.std().item() - 1.0) < 0.02
+    before = make_norm("normprop", 3)(x[:, :, :5])
+    torch.testing.assert_close(before, y[:, :, :5])  # no state, no data statistics
+
+
+@pytest.mark.parametrize("kind", sorted(REQUIRED))
+def test_empty_input_is_refused(kind):
+    with pytest.raises(ValueError, match="empty input"):
+        make_norm(kind, 3)(torch.randn(2, 3, 0))
