@@ -26,6 +26,22 @@ def _norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import available, build, count_parameters
+    from .models.speed import step_timings, summarize
+
+    torch.set_num_threads(1)
+    print("model     size   params     RTF (1 thread, 1 mic)  summary")
+    for name, spec in sorted(available().items()):
+        for size in spec.sizes:
+            model = build(name, size=size)
+            speed = summarize(model, step_timings(model, hops=args.hops)) if args.hops else {"rtf": float("nan")}
+            print(f"{name:<9} {size:<6} {count_parameters(model):>9,}  {speed['rtf']:>8.3f}               {spec.summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speechnorm",
@@ -39,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     norms = commands.add_parser("norms", help="list the registered normalizers and whether they stream")
     norms.set_defaults(run=_norms)
+    models = commands.add_parser("models", help="list the registered models, their sizes, parameters and streaming speed")
+    models.add_argument("--hops", type=int, default=50, help="hops to time per model (0: skip timing)")
+    models.set_defaults(run=_models)
     return parser
 
 

@@ -110,8 +110,13 @@ class GRU(nn.Module):
         return (torch.zeros(shape, device=device, dtype=dtype or torch.float32),)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        out, hidden = self.gru(x_t.unsqueeze(1), state[0])
-        return out.squeeze(1), (hidden,)
+        """One frame through each layer's fused GRU cell, with the same weights as ``forward``."""
+        hidden = []
+        for layer in range(self.gru.num_layers):
+            weights = [getattr(self.gru, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            x_t = torch.gru_cell(x_t, state[0][layer], *weights)
+            hidden.append(x_t)
+        return x_t, (torch.stack(hidden),)
 
 
 class Sequential(nn.Module):

@@ -200,7 +200,7 @@ def online_norm_step(x_t: Tensor, mu: Tensor, var: Tensor, alpha: float, eps: fl
     Returns:
         y_t (P, C, D), μ_t, σ²_t (P, C).
     """
-    mean_x, var_x = sample_moments(x_t)
+    var_x, mean_x = torch.var_mean(x_t, dim=-1, correction=0)  # one frame: two-pass is cheap, and branch-free
     require_finite(mean_x + var_x, "OnlineNorm.step")
     inv_std = torch.rsqrt(var + eps)
     y_t = (x_t - mu.unsqueeze(-1)) * inv_std.unsqueeze(-1)

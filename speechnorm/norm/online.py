@@ -155,10 +155,11 @@ class OnlineNorm(SequenceNorm):
         h = y
         if self.affine:
             h = torch.addcmul(channel_view(self.bias, 4), h, channel_view(self.weight, 4))
+        differentiable = torch.is_grad_enabled() and h.requires_grad
         if self.ecm == "ls":
-            h = LayerScaling.apply(h, (1, 3), self.eps)
+            h = LayerScaling.apply(h, (1, 3), self.eps) if differentiable else fn.layer_scaling_fwd(h, (1, 3), self.eps)[0]
         elif self.ecm == "ac":
-            h = ActivationClamp.apply(h, CLAMP_LIMIT)
+            h = ActivationClamp.apply(h, CLAMP_LIMIT) if differentiable else h.clamp(-CLAMP_LIMIT, CLAMP_LIMIT)
         return h
 
     # ------------------------------------------------------------------ streaming (time axis)
@@ -178,9 +179,11 @@ class OnlineNorm(SequenceNorm):
         frame = x_t.reshape(x_t.shape[0], self.num_features, -1)  # (B, C, D)
         if frame.dtype in _LOW_PRECISION:
             frame = frame.float()
-        y, mu, var = fn.online_norm_step(frame, mu.to(frame.dtype), var.to(frame.dtype), self.alpha_fwd, self.eps)
-        out = self._affine_ecm(y.unsqueeze(2)).squeeze(2).to(x_t.dtype)
-        return out.reshape(x_t.shape), (mu.to(state[0].dtype), var.to(state[1].dtype))
+        y, new_mu, new_var = fn.online_norm_step(frame, mu, var, self.alpha_fwd, self.eps)
+        out = self._affine_ecm(y.unsqueeze(2)).squeeze(2)
+        if out.dtype != x_t.dtype:
+            out = out.to(x_t.dtype)
+        return out.reshape(x_t.shape), (new_mu, new_var)
 
     def extra_repr(self) -> str:
         return (

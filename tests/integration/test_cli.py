@@ -45,3 +45,13 @@ def test_bad_arguments_exit_2_with_one_line():
     assert done.returncode == 2 and "invalid int value" in done.stderr
     done = speechnorm_cli("enhance")
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_models_lists_every_model_and_size_with_parameters():
+    from speechnorm.models import available, build, count_parameters
+
+    done = speechnorm_cli("models", "--hops", "0")
+    assert done.returncode == 0, done.stderr
+    for name, spec in available().items():
+        for size in spec.sizes:
+            assert f"{count_parameters(build(name, size=size)):,}" in done.stdout

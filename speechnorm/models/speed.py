@@ -1,0 +1,61 @@
+"""How fast a model streams: per-hop time of ``step`` on the current torch threads."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .base import SpectralEnhancer
+
+
+class _Step(torch.nn.Module):
+    """``model.step`` as a module with flat inputs and outputs, for tracing."""
+
+    def __init__(self, model: SpectralEnhancer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hop_audio, *state):
+        out, state = self.model.step(hop_audio, tuple(state))
+        return (out, *state)
+
+
+@torch.inference_mode()
+def traced_step(model: SpectralEnhancer, mics: int):
+    """``step`` traced and frozen with TorchScript: (hop, state) -> (out, state)."""
+    model = model.eval()
+    example = (torch.zeros(1, mics, model.hop), *model.initial_state(1, mics=mics))
+    traced = torch.jit.freeze(torch.jit.trace(_Step(model).eval(), example, check_trace=False))
+
+    def step(hop_audio, state):
+        out, *state = traced(hop_audio, *state)
+        return out, tuple(state)
+
+    return step
+
+
+@torch.inference_mode()
+def step_timings(model: SpectralEnhancer, mics: int = 1, hops: int = 200, warmup: int = 20, step=None) -> list[float]:
+    """Seconds per step, for ``hops`` consecutive hops of noise (after a warm-up); ``step``
+    defaults to ``model.step``."""
+    model = model.eval()
+    step = step or model.step
+    audio = torch.randn(1, mics, model.hop) * 0.1
+    state = model.initial_state(1, mics=mics)
+    timings = []
+    for i in range(warmup + hops):
+        start = time.perf_counter()
+        _, state = step(audio, state)
+        if i >= warmup:
+            timings.append(time.perf_counter() - start)
+    return timings
+
+
+def summarize(model: SpectralEnhancer, timings: list[float]) -> dict[str, float]:
+    hop_seconds = model.hop / model.sample_rate
+    ordered = sorted(timings)
+    median = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return {"median_ms": median * 1e3, "p99_ms": p99 * 1e3, "rtf": median / hop_seconds}
