@@ -33,12 +33,15 @@ def _models(args: argparse.Namespace) -> int:
     from .models.speed import step_timings, summarize
 
     torch.set_num_threads(1)
-    print("model     size   params     RTF (1 thread, 1 mic)  summary")
+    print("model     size   params     latency  RTF (1 thread, 1 mic)  summary")
     for name, spec in sorted(available().items()):
         for size in spec.sizes:
             model = build(name, size=size)
             speed = summarize(model, step_timings(model, hops=args.hops)) if args.hops else {"rtf": float("nan")}
-            print(f"{name:<9} {size:<6} {count_parameters(model):>9,}  {speed['rtf']:>8.3f}               {spec.summary}")
+            print(
+                f"{name:<9} {size:<6} {count_parameters(model):>9,}  {model.latency_ms:>4.0f} ms  {speed['rtf']:>8.3f}"
+                f"               {spec.summary}"
+            )
     return 0
 
 

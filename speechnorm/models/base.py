@@ -76,6 +76,14 @@ class SpectralEnhancer(nn.Module):
         """Algorithmic latency: a hop of buffering plus the delay (= the window, 20 ms by default)."""
         return self.stft.delay + self.stft.hop
 
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency_samples / self.sample_rate
+
+    @property
+    def delay_ms(self) -> float:
+        return 1000.0 * self.delay_samples / self.sample_rate
+
     def _check_audio(self, audio: Tensor, *, hop_only: bool = False) -> None:
         name = type(self).__name__
         if not isinstance(audio, Tensor) or audio.dim() != 3 or audio.shape[1] < 1:

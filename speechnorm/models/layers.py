@@ -51,6 +51,26 @@ class Activation(Streamable):
         return self.act(x)
 
 
+class CausalConv1d(nn.Module):
+    """Conv over time, causal: (B, C_in, T) -> (B, C_out, T); the state is the last
+    ``dilation * (kernel - 1)`` input frames."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, dilation: int = 1):
+        super().__init__()
+        self.context = dilation * (kernel - 1)
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, dilation=dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (self.context, 0)))
+
+    def initial_state(self, batch: int, device=None, dtype=None) -> State:
+        return (torch.zeros(batch, self.conv.in_channels, self.context, device=device, dtype=dtype or torch.float32),)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        window = torch.cat((state[0], x_t.unsqueeze(2)), dim=2)  # (B, C, context + 1)
+        return self.conv(window).squeeze(2), (window[:, :, 1:],)
+
+
 class CausalConv2d(nn.Module):
     """Conv over (time, frequency), causal in time: (B, C_in, T, F) -> (B, C_out, T, F').
 
@@ -117,6 +137,32 @@ class GRU(nn.Module):
             x_t = torch.gru_cell(x_t, state[0][layer], *weights)
             hidden.append(x_t)
         return x_t, (torch.stack(hidden),)
+
+
+class LSTM(nn.Module):
+    """A unidirectional LSTM over time on (B, C, T) -> (B, hidden, T); the state is (h, c)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lstm(x.transpose(1, 2))[0].transpose(1, 2)
+
+    def initial_state(self, batch: int, device=None, dtype=None) -> State:
+        shape = (self.lstm.num_layers, batch, self.lstm.hidden_size)
+        return tuple(torch.zeros(shape, device=device, dtype=dtype or torch.float32) for _ in range(2))
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One frame through each layer's fused LSTM cell, with the same weights as ``forward``."""
+        hidden, cell = [], []
+        for layer in range(self.lstm.num_layers):
+            weights = [getattr(self.lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            h_t, c_t = torch.lstm_cell(x_t, (state[0][layer], state[1][layer]), *weights)
+            hidden.append(h_t)
+            cell.append(c_t)
+            x_t = h_t
+        return x_t, (torch.stack(hidden), torch.stack(cell))
 
 
 class Sequential(nn.Module):

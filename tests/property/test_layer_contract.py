@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from speechnorm.models.layers import (
-    GRU, TAC, Activation, CausalConv2d, FreqTransposedConv, Pointwise, Residual, Sequential,
+    GRU, LSTM, TAC, Activation, CausalConv1d, CausalConv2d, FreqTransposedConv, Pointwise, Residual, Sequential,
 )
 from speechnorm.norm import make_norm
 
@@ -14,7 +14,9 @@ LAYERS = {
     "prelu": (lambda: Activation(5), (2, 5, 9, 6)),
     "causal_conv2d": (lambda: CausalConv2d(3, 4, in_freq=11, kernel_time=3, kernel_freq=3, stride_freq=2), (2, 3, 9, 11)),
     "freq_transposed_conv": (lambda: FreqTransposedConv(4, 3), (2, 4, 9, 6)),
+    "causal_conv1d_dilated": (lambda: CausalConv1d(5, 6, kernel=3, dilation=2), (2, 5, 9)),
     "gru": (lambda: GRU(5, 6, num_layers=2), (2, 5, 9)),
+    "lstm": (lambda: LSTM(5, 6, num_layers=2), (2, 5, 9)),
     "residual_gru_online": (lambda: Residual(Sequential(GRU(5, 5), make_norm("online", 5))), (2, 5, 9)),
     "conv_norm_act": (
         lambda: Sequential(CausalConv2d(3, 4, in_freq=7), make_norm("online", 4), Activation(4)), (2, 3, 9, 7)

@@ -86,6 +86,7 @@ def test_small_size_budget_and_interface(name):
     assert count_parameters(model) <= 500_000
     assert model.sample_rate == 16_000 and model.hop == 160
     assert model.delay_samples == 160 and model.latency_samples == 320
+    assert model.delay_ms == 10.0 and model.latency_ms == 20.0
 
 
 @pytest.mark.parametrize("name", sorted(available()))
