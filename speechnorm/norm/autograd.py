@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import functional as fn
+from .kernels import backend_for
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -22,7 +23,7 @@ def stat_dtype(x: Tensor) -> torch.dtype:
     float32 would round away for features riding on a large offset, and the statistics are D
     times smaller than the data, so float64 costs little. With one component per sample
     (recurrent features, (B, C, T)) there is no such cancellation and the statistics are as
-    large as the data, so they stay in the compute dtype.
+    large as the data, so they stay in float32 (or the input's float64).
     """
     return torch.float64 if x.shape[-1] > 1 or x.dtype == torch.float64 else torch.float32
 
@@ -33,10 +34,9 @@ def _to_canonical(stats: Tensor, layout: str, dtype: torch.dtype) -> Tensor:
     return stats if layout == "time" else stats.transpose(0, 1).unsqueeze(0)
 
 
-def _to_native(coeff: Tensor, layout: str, dtype: torch.dtype) -> Tensor:
-    """Canonical (P, C, L) coefficients -> broadcastable against the input, in its dtype."""
-    native = coeff if layout == "time" else coeff[0].transpose(0, 1)
-    return native.unsqueeze(-1).to(dtype)
+def _to_native(coeff: Tensor, layout: str) -> Tensor:
+    """Canonical (P, C, L) per-sample coefficients -> the input's per-sample layout."""
+    return coeff if layout == "time" else coeff[0].transpose(0, 1)
 
 
 class OnlineNormFunction(torch.autograd.Function):
@@ -52,19 +52,23 @@ class OnlineNormFunction(torch.autograd.Function):
 
     Returns out (x's shape and dtype) and the end statistics (μ, σ²) as (P, C) in ``stat_dtype``,
     non-differentiable. Memory: saves x and per-sample statistics only, like BatchNorm.
+    The big-tensor passes run on the backend for x's device (``speechnorm.norm.kernels``);
+    autocast is off inside: the Function keeps its statistics in fp32 or fp64 itself.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, mu0, var0, control, layout, alpha_fwd, alpha_bkw, eps, layer_scaling):
-        compute = x.float() if x.dtype in _LOW_PRECISION else x
-        mean_x, var_x = fn.sample_moments(compute)
-        fn.require_finite(mean_x + var_x, "OnlineNorm")
-        dtype = stat_dtype(compute)
-        mean_x, var_x = _to_canonical(mean_x, layout, dtype), _to_canonical(var_x, layout, dtype)
-        params = [None if p is None else p.detach().to(dtype) for p in (weight, bias)]
-        tr = fn.track(mean_x, var_x, mu0.to(dtype), var0.to(dtype), alpha_fwd)
-        co = fn.forward_coefficients(mean_x, var_x, tr, params[0], params[1], eps, layer_scaling)
-        out = torch.addcmul(_to_native(co.shift, layout, compute.dtype), compute, _to_native(co.scale, layout, compute.dtype))
+        ops = backend_for(x)
+        with torch.autocast(x.device.type, enabled=False):
+            compute = x.float() if ops.name == "torch" and x.dtype in _LOW_PRECISION else x.contiguous()
+            mean_x, var_x = ops.moments(compute)
+            fn.require_finite(mean_x + var_x, "OnlineNorm")
+            dtype = stat_dtype(compute)
+            mean_x, var_x = _to_canonical(mean_x, layout, dtype), _to_canonical(var_x, layout, dtype)
+            params = [None if p is None else p.detach().to(dtype) for p in (weight, bias)]
+            tr = fn.track(mean_x, var_x, mu0.to(dtype), var0.to(dtype), alpha_fwd, scan=ops.scan)
+            co = fn.forward_coefficients(mean_x, var_x, tr, params[0], params[1], eps, layer_scaling)
+            out = ops.affine(compute, _to_native(co.scale, layout), _to_native(co.shift, layout))
         ctx.save_for_backward(compute, mean_x, var_x, *tr, *co[:5], co.inv_s)
         param_dtypes = tuple(None if p is None else p.dtype for p in (weight, bias))
         ctx.meta = (layout, alpha_bkw, control, params[0], param_dtypes, x.dtype)
@@ -77,21 +81,27 @@ class OnlineNormFunction(torch.autograd.Function):
         x, mean_x, var_x, *saved = ctx.saved_tensors
         tr, co = fn.Tracking(*saved[:4]), fn.Coefficients(*saved[4:])
         layout, alpha_bkw, control, weight, param_dtypes, input_dtype = ctx.meta
-        grad_out = grad_out.to(x.dtype)
-        sum_g = _to_canonical(grad_out.sum(dim=-1), layout, mean_x.dtype)
-        sum_gx = _to_canonical(torch.einsum("...d,...d->...", grad_out, x), layout, mean_x.dtype)
-        if control is None:
-            u0 = v0 = mean_x.new_zeros(mean_x.shape[:-1])
-        else:
-            u0, v0 = control[0].to(mean_x.dtype), control[1].to(mean_x.dtype)
-        gr = fn.backward_coefficients(sum_g, sum_gx, x.shape[-1], mean_x, var_x, tr, co, weight, alpha_bkw, u0, v0)
-        grad_x = torch.addcmul(_to_native(gr.c0, layout, x.dtype), grad_out, _to_native(gr.cg, layout, x.dtype))
-        grad_x.addcmul_(x, _to_native(gr.cx, layout, x.dtype))
+        ops = backend_for(x)
+        with torch.autocast(x.device.type, enabled=False):
+            grad_out = grad_out.to(x.dtype).contiguous()
+            sum_g, sum_gx = ops.grad_moments(grad_out, x)
+            sum_g = _to_canonical(sum_g, layout, mean_x.dtype)
+            sum_gx = _to_canonical(sum_gx, layout, mean_x.dtype)
+            if control is None:
+                u0 = v0 = mean_x.new_zeros(mean_x.shape[:-1])
+            else:
+                u0, v0 = control[0].to(mean_x.dtype), control[1].to(mean_x.dtype)
+            gr = fn.backward_coefficients(
+                sum_g, sum_gx, x.shape[-1], mean_x, var_x, tr, co, weight, alpha_bkw, u0, v0, scan=ops.scan
+            )
+            grad_x = ops.grad_affine(
+                grad_out, x, *(_to_native(c, layout) for c in (gr.cg, gr.cx, gr.c0)), dtype=input_dtype
+            )
         if control is not None:
             control[0].copy_(gr.u_end)
             control[1].copy_(gr.v_end)
         grads = [None if d is None else g.to(d) for g, d in zip((gr.grad_weight, gr.grad_bias), param_dtypes)]
-        return grad_x.to(input_dtype), *grads, None, None, None, None, None, None, None, None
+        return grad_x, *grads, None, None, None, None, None, None, None, None
 
 
 class LayerScaling(torch.autograd.Function):

@@ -73,15 +73,17 @@ class Tracking(NamedTuple):
     var_end: Tensor  # σ² after the last sample
 
 
-def track(mean_x: Tensor, var_x: Tensor, mu0: Tensor, var0: Tensor, alpha: float) -> Tracking:
+def track(mean_x: Tensor, var_x: Tensor, mu0: Tensor, var0: Tensor, alpha: float, scan=linear_scan) -> Tracking:
     """Scan the statistics of a stream given its per-sample moments:
 
     σ²_t = α σ²_{t-1} + (1-α) σ²(x_t) + α(1-α) (μ(x_t) - μ_{t-1})²
     μ_t  = α μ_{t-1} + (1-α) μ(x_t)
+
+    ``scan`` solves the linear recurrences (``linear_scan`` or a device kernel).
     """
-    mu = linear_scan(alpha, (1.0 - alpha) * mean_x, mu0)
+    mu = scan(alpha, (1.0 - alpha) * mean_x, mu0)
     mu_prev = shift_in(mu0, mu)
-    var = linear_scan(alpha, (1.0 - alpha) * var_x + (alpha * (1.0 - alpha)) * (mean_x - mu_prev).square(), var0)
+    var = scan(alpha, (1.0 - alpha) * var_x + (alpha * (1.0 - alpha)) * (mean_x - mu_prev).square(), var0)
     return Tracking(mu_prev, shift_in(var0, var), mu[..., -1], var[..., -1])
 
 
@@ -146,6 +148,7 @@ def backward_coefficients(
     alpha: float,
     u0: Tensor,
     v0: Tensor,
+    scan=linear_scan,
 ) -> Gradients:
     """The backward of ``forward_coefficients``: layer scaling's and the affine map's exact
     gradients, then the paper's control process on the normalization.
@@ -174,9 +177,9 @@ def backward_coefficients(
     sum_gh_y = co.inv_std * (sum_ghx - tr.mu_prev * sum_gh)  # Σ_D g_h·y
     gamma = 1.0 if weight is None else weight.view(1, -1, 1)
     k = 1.0 - alpha
-    v = linear_scan(1.0 - k * co.mean_y2, gamma * sum_gh_y / count, v0)
+    v = scan(1.0 - k * co.mean_y2, gamma * sum_gh_y / count, v0)
     kv_prev = k * shift_in(v0, v)
-    u = linear_scan(alpha, co.inv_std * (gamma * sum_gh / count - kv_prev * co.mean_y), u0)
+    u = scan(alpha, co.inv_std * (gamma * sum_gh / count - kv_prev * co.mean_y), u0)
     ku_prev = k * shift_in(u0, u)
     # grad_x = inv_std γ g_h - (1-α) v_{t-1} inv_std² (x - μ_{t-1}) - (1-α) u_{t-1}
     outer = gamma * co.inv_std
