@@ -1,0 +1,78 @@
+"""Corpora of clean speech and noise: folders of audio files, checked, split, loaded.
+
+A user with DNS-Challenge / LibriSpeech / MUSAN / VCTK on disk points ``clean_dir`` and
+``noise_dir`` at them (searched recursively for .wav/.flac). Files are split into
+train/val/test by a stable hash of their path, so the splits never share a file. A file that
+cannot be used (unreadable, empty, too low a rate, NaN, clipped) is reported with its path and
+skipped, never a crash inside a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import soundfile as sf
+from torch import Tensor
+
+from .audio_io import MIN_SAMPLE_RATE, AudioFileError, read_audio
+
+log = logging.getLogger(__name__)
+SPLITS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
+AUDIO_SUFFIXES = {".wav", ".flac"}
+
+
+def split_of(path: Path) -> str:
+    fraction = int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return next(name for name, (low, high) in SPLITS.items() if low <= fraction < high or (high == 1.0 and fraction == 1.0))
+
+
+def scan(folder: str | Path) -> list[Path]:
+    """Audio files under ``folder`` whose headers read, sorted; the others are reported."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"corpus folder {folder} does not exist")
+    good = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        try:
+            info = sf.info(str(path))
+        except Exception as err:
+            log.warning("skipping %s: cannot read audio (%s)", path, err)
+            continue
+        if info.frames == 0:
+            log.warning("skipping %s: empty (0 samples)", path)
+        elif info.samplerate < MIN_SAMPLE_RATE:
+            log.warning("skipping %s: sample rate %d Hz is below %d Hz", path, info.samplerate, MIN_SAMPLE_RATE)
+        else:
+            good.append(path)
+    if not good:
+        raise FileNotFoundError(f"no usable .wav/.flac files under {folder}")
+    return good
+
+
+class Corpus:
+    """Clean speech and noise files for one split."""
+
+    def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        self.sample_rate = sample_rate
+        self.clean = self._pick(scan(clean_dir), split)
+        self.noise = self._pick(scan(noise_dir), split)
+
+    @staticmethod
+    def _pick(files: list[Path], split: str) -> list[Path]:
+        chosen = [f for f in files if split_of(f) == split]
+        return chosen or files  # a tiny corpus may leave a split empty: then share all files
+
+    def load(self, kind: str, index: int) -> Tensor:
+        """The first usable file from ``index`` on (mono, at the sample rate); bad ones are reported."""
+        files = self.clean if kind == "clean" else self.noise
+        for attempt in range(len(files)):
+            path = files[(index + attempt) % len(files)]
+            try:
+                return read_audio(path, self.sample_rate)[0].mean(dim=0)
+            except AudioFileError as err:
+                log.warning("skipping %s", err)
+        raise AudioFileError(f"no usable {kind} file left in the corpus ({len(files)} tried)")

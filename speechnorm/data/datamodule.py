@@ -1,0 +1,76 @@
+"""The LightningDataModule of the recipes: train / val / test / test_unseen (held-out arrays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from . import synthetic
+from .corpus import Corpus
+from .dataset import BlockBatchSampler, SimulatedMixtures
+from .rooms import MixSpec
+
+
+class EnhancementDataModule(L.LightningDataModule):
+    """Simulated multi-channel mixtures from a corpus on disk or the built-in synthetic one.
+
+    Args:
+        clean_dir, noise_dir: folders of clean speech and of noise (.wav/.flac, recursive). Leave
+            both unset to build and use the synthetic corpus in ``synthetic_dir``.
+        train_items, val_items, test_items: items per split (test_unseen has ``test_items``).
+        seconds: length of an item. batch_size: items per batch (1 is fine for Online Norm).
+        snr_db, t60: the ranges mixtures are drawn from. seed: fixes every item of every split.
+        cache_dir: keep simulated items on disk and reuse them (optional).
+    """
+
+    def __init__(
+        self, clean_dir: str | None = None, noise_dir: str | None = None,
+        synthetic_dir: str = ".cache/synthetic_corpus", synthetic_utterances: int = 120,
+        train_items: int = 2000, val_items: int = 64, test_items: int = 64, seconds: float = 2.0,
+        batch_size: int = 8, num_workers: int = 0, seed: int = 0,
+        snr_db: tuple[float, float] = (-5.0, 15.0), t60: tuple[float, float] = (0.15, 0.7),
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if (clean_dir is None) != (noise_dir is None):
+            raise ValueError("give both clean_dir and noise_dir, or neither (for the synthetic corpus)")
+        self.datasets: dict[str, SimulatedMixtures] = {}
+
+    def corpus_dirs(self) -> tuple[Path, Path]:
+        hp = self.hparams
+        if hp.clean_dir is not None:
+            return Path(hp.clean_dir), Path(hp.noise_dir)
+        root = synthetic.build(hp.synthetic_dir, utterances=hp.synthetic_utterances, seed=hp.seed)
+        return root / "clean", root / "noise"
+
+    def prepare_data(self) -> None:
+        self.corpus_dirs()  # builds the synthetic corpus once, in the main process
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        clean, noise = self.corpus_dirs()
+        spec = MixSpec(snr_db=tuple(hp.snr_db), t60=tuple(hp.t60))
+        sizes = {"train": hp.train_items, "val": hp.val_items, "test": hp.test_items, "test_unseen": hp.test_items}
+        for split, size in sizes.items():
+            corpus = Corpus(clean, noise, "test" if split == "test_unseen" else split)
+            self.datasets[split] = SimulatedMixtures(
+                corpus, split, size, hp.seconds, hp.seed, mic_block=hp.batch_size, spec=spec, cache_dir=hp.cache_dir
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.datasets[split]
+        sampler = BlockBatchSampler(len(data), self.hparams.batch_size, shuffle, self.hparams.seed)
+        workers = self.hparams.num_workers
+        return DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader("test", shuffle=False), self._loader("test_unseen", shuffle=False)]

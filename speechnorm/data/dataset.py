@@ -1,0 +1,104 @@
+"""Simulated multi-channel mixtures, drawn on the fly from a seeded RNG.
+
+Item i of a split is a pure function of (seed, split, i): the same every epoch and on every
+worker. Items come in blocks of ``mic_block`` that share a mic count, so a batch stacks; the
+``BlockBatchSampler`` shuffles whole blocks. With ``cache_dir`` set, each simulated item is
+kept on disk and reused in later epochs (it is the same item either way).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from .corpus import Corpus
+from .rooms import MixSpec, sample_array, sample_mics, simulate
+
+SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "test_unseen": 4}
+
+
+def fit_length(signal: Tensor, samples: int, rng: np.random.Generator, tile: bool) -> Tensor:
+    """Crop a random stretch, or place a short signal at a random offset (tiled for noise)."""
+    if signal.numel() >= samples:
+        start = int(rng.integers(0, signal.numel() - samples + 1))
+        return signal[start : start + samples]
+    if tile:
+        return signal.repeat(samples // signal.numel() + 1)[:samples]
+    out = torch.zeros(samples)
+    start = int(rng.integers(0, samples - signal.numel() + 1))
+    out[start : start + signal.numel()] = signal
+    return out
+
+
+class SimulatedMixtures(Dataset):
+    """(noisy (M, N), target (N,)) pairs for one split."""
+
+    def __init__(
+        self, corpus: Corpus, split: str, size: int, seconds: float = 2.0, seed: int = 0, mic_block: int = 8,
+        spec: MixSpec = MixSpec(), cache_dir: str | Path | None = None, hop: int = 160,
+    ):
+        self.corpus, self.split, self.size, self.seed, self.mic_block, self.spec = corpus, split, size, seed, mic_block, spec
+        self.samples = int(seconds * corpus.sample_rate) // hop * hop
+        self.unseen = split == "test_unseen"
+        self.cache = Path(cache_dir) / f"{split}-seed{seed}-n{self.samples}" if cache_dir else None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def mics(self, index: int) -> int:
+        block_rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index // self.mic_block, 0])
+        return sample_mics(block_rng, self.unseen)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        cached = self.cache / f"{index:06d}.pt" if self.cache else None
+        if cached is not None and cached.exists():
+            return tuple(torch.load(cached))
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
+        speech = fit_length(self.corpus.load("clean", int(rng.integers(1 << 30))), self.samples, rng, tile=False)
+        noises = [
+            fit_length(self.corpus.load("noise", int(rng.integers(1 << 30))), self.samples, rng, tile=True)
+            for _ in range(int(rng.integers(self.spec.noise_sources[0], self.spec.noise_sources[1] + 1)))
+        ]
+        _, geometry = sample_array(rng, self.unseen, self.mics(index))
+        noisy, target = simulate(rng, speech, noises, geometry, self.spec)
+        item = (noisy.float().contiguous(), target.float().contiguous())
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
+                torch.save(item, tmp.name)
+            os.replace(tmp.name, cached)  # atomic: workers never read half a file
+        return item
+
+
+class BlockBatchSampler(Sampler[list[int]]):
+    """Batches that are whole blocks of consecutive indices (one mic count each), block order
+    shuffled per epoch when ``shuffle``; under DDP each process takes every world-th block."""
+
+    def __init__(self, size: int, block: int, shuffle: bool, seed: int = 0):
+        self.size, self.block, self.shuffle, self.seed, self.epoch = size, block, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _blocks(self) -> list[int]:
+        blocks = list(range((self.size + self.block - 1) // self.block))
+        if self.shuffle:
+            np.random.default_rng([self.seed, self.epoch]).shuffle(blocks)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            blocks = blocks[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+        return blocks
+
+    def __iter__(self):
+        for b in self._blocks():
+            yield list(range(b * self.block, min((b + 1) * self.block, self.size)))
+
+    def __len__(self) -> int:
+        return len(self._blocks())
