@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     norms = commands.add_parser("norms", help="list the registered normalizers and whether they stream")
     norms.set_defaults(run=_norms)
+    commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
+                        add_help=False)
     models = commands.add_parser("models", help="list the registered models, their sizes, parameters and streaming speed")
     models.add_argument("--hops", type=int, default=50, help="hops to time per model (0: skip timing)")
     models.set_defaults(run=_models)
@@ -65,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # LightningCLI parses the recipe and its overrides itself
+        from .train import run
+
+        return run(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

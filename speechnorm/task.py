@@ -1,0 +1,136 @@
+"""The one LightningModule every recipe uses: an enhancement model, its loss, metrics and optimiser.
+
+Loss: negative SI-SDR plus a multi-resolution STFT magnitude term (weights configurable), on the
+model output aligned to the target (the output lags by ``model.delay_samples``). Metrics:
+SI-SDR, wide-band PESQ and STOI on validation and test (torchmetrics), DNSMOS SIG/BAK/OVRL on
+test (the ``speechmos`` package, whose ONNX models ship in its wheel), each also for the noisy
+reference mic so every number has its baseline beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio as si_sdr
+
+from .dsp import STFT
+from .models import build
+
+log = logging.getLogger(__name__)
+TEST_SPLITS = ("test", "test_unseen")
+
+
+class MultiResolutionSTFTLoss(torch.nn.Module):
+    """Mean over resolutions of the L1 distance of log magnitudes and the spectral convergence."""
+
+    def __init__(self, resolutions=(256, 512, 1024)):
+        super().__init__()
+        self.stfts = torch.nn.ModuleList(STFT(n, n // 2) for n in resolutions)
+
+    def forward(self, estimate: Tensor, target: Tensor) -> Tensor:
+        total = estimate.new_zeros(())
+        for stft in self.stfts:
+            usable = estimate.shape[-1] // stft.hop * stft.hop
+            mags = [stft.analysis(s[..., :usable]).square().sum(dim=-3).add(1e-7).sqrt() for s in (estimate, target)]
+            convergence = (mags[1] - mags[0]).norm() / (mags[1].norm() + 1e-7)
+            total = total + convergence + (mags[0].log() - mags[1].log()).abs().mean()
+        return total / len(self.stfts)
+
+
+def quality_metrics(estimate: Tensor, target: Tensor, sample_rate: int) -> dict[str, float]:
+    """SI-SDR, wide-band PESQ and STOI of one utterance (1-D tensors); PESQ is NaN where it fails."""
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality, short_time_objective_intelligibility
+
+    out = {"si_sdr": si_sdr(estimate, target).item()}
+    try:
+        out["pesq"] = float(perceptual_evaluation_speech_quality(estimate, target, sample_rate, "wb"))
+    except Exception as err:  # the PESQ library refuses e.g. utterances without speech
+        log.warning("PESQ failed on one item (%s); left out of the mean", err)
+        out["pesq"] = float("nan")
+    out["stoi"] = float(short_time_objective_intelligibility(estimate, target, sample_rate))
+    return out
+
+
+def dnsmos(audio: Tensor, sample_rate: int) -> dict[str, float]:
+    """DNSMOS P.835 (SIG, BAK, OVRL) of one utterance, with the models shipped in ``speechmos``."""
+    from speechmos import dnsmos as model
+
+    scores = model.run(audio.detach().cpu().float().numpy(), sr=sample_rate)
+    return {"dnsmos_sig": scores["sig_mos"], "dnsmos_bak": scores["bak_mos"], "dnsmos_ovrl": scores["ovrl_mos"]}
+
+
+class EnhancementTask(L.LightningModule):
+    """Train and evaluate a registered model (``speechnorm.models``).
+
+    Args:
+        model, norm, size: what ``speechnorm.models.build`` builds; ``model_config`` overrides.
+        lr, weight_decay: AdamW. stft_weight, sisdr_weight: the loss mix.
+        quality_every_val: compute PESQ/STOI in validation (slow on long validation sets).
+    """
+
+    def __init__(
+        self, model: str = "tac_gru", norm: str = "online", size: str = "small", model_config: dict | None = None,
+        lr: float = 1e-3, weight_decay: float = 1e-5, sisdr_weight: float = 1.0, stft_weight: float = 1.0,
+        quality_every_val: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build(model, norm=norm, size=size, **(model_config or {}))
+        self.stft_loss = MultiResolutionSTFTLoss()
+
+    def forward(self, noisy: Tensor) -> Tensor:
+        return self.model(noisy)
+
+    def aligned(self, estimate: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Drop the model's fixed delay: estimate[n + delay] estimates target[n]."""
+        delay = self.model.delay_samples
+        return (estimate[..., delay:], target[..., : target.shape[-1] - delay]) if delay else (estimate, target)
+
+    def common_step(self, batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        noisy, target = batch
+        estimate, target = self.aligned(self(noisy), target)
+        sdr = si_sdr(estimate, target).mean()
+        loss = -self.hparams.sisdr_weight * sdr + self.hparams.stft_weight * self.stft_loss(estimate, target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage} loss is {loss.item()} at step {self.global_step}; stopping (the last checkpoint is kept)")
+        size = noisy.shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
+        self.log(f"{stage}/si_sdr", sdr, prog_bar=stage != "train", batch_size=size, sync_dist=stage != "train")
+        return loss, estimate, target
+
+    def training_step(self, batch, batch_idx):
+        return self.common_step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx):
+        noisy = batch[0]
+        _, estimate, target = self.common_step(batch, "val")
+        reference = noisy[:, 0, : target.shape[-1]]  # the input is not delayed: the same span as the target
+        self.log("val/si_sdr_noisy", si_sdr(reference, target).mean(), batch_size=noisy.shape[0], sync_dist=True)
+        if self.hparams.quality_every_val:
+            for est, ref, tgt in zip(estimate, reference, target):
+                for key, value in quality_metrics(est.float(), tgt.float(), self.model.sample_rate).items():
+                    if key != "si_sdr" and value == value:  # SI-SDR is logged per batch above; NaN: PESQ failed
+                        self.log(f"val/{key}", value, batch_size=1, sync_dist=True)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        split = TEST_SPLITS[dataloader_idx]
+        noisy, target = batch
+        estimate, target = self.aligned(self(noisy), target)
+        reference = noisy[:, 0, : target.shape[-1]]
+        for est, ref, tgt in zip(estimate, reference, target):
+            for who, signal in (("enhanced", est), ("noisy", ref)):
+                scores = {**quality_metrics(signal.float(), tgt.float(), self.model.sample_rate), **dnsmos(signal, self.model.sample_rate)}
+                for key, value in scores.items():
+                    if value == value:
+                        self.log(f"{split}/{who}/{key}", value, batch_size=1, add_dataloader_idx=False, sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.trainer is None or not self.trainer.max_steps or self.trainer.max_steps < 0:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.max_steps,
+                                                       pct_start=0.05)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
