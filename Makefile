@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.speechnorm-installed
 
-.PHONY: demo test test-all bench venv clean
+.PHONY: demo test test-all bench venv clean system-deps
 
 venv: $(STAMP)
 
@@ -15,13 +15,20 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	@touch $@
 
+# espeak-ng speaks the built-in synthetic corpus (Debian/Ubuntu package; needs root or sudo).
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null) || \
+	  echo "speechnorm: could not install espeak-ng (apt-get install -y espeak-ng); the synthetic corpus needs it, its tests will be skipped" >&2; }
+
 demo: $(STAMP)
 	$(VENV)/bin/speechnorm demo
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: system-deps $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

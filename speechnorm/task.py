@@ -10,6 +10,7 @@ reference mic so every number has its baseline beside it.
 from __future__ import annotations
 
 import logging
+import math
 
 import lightning as L
 import torch
@@ -127,10 +128,19 @@ class EnhancementTask(L.LightningModule):
                     if value == value:
                         self.log(f"{split}/{who}/{key}", value, batch_size=1, add_dataloader_idx=False, sync_dist=True)
 
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up over 5 % of the steps, then cosine decay to 5 % of ``lr``. Reads
+        ``trainer.max_steps`` at every step, so a resumed run may extend it."""
+        total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else 0
+        if total == 0:
+            return 1.0
+        warmup = max(1, total // 20)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.trainer is None or not self.trainer.max_steps or self.trainer.max_steps < 0:
-            return optimizer
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.max_steps,
-                                                       pct_start=0.05)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

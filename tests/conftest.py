@@ -21,3 +21,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small corpus on disk: speech-like tones and noises, plus one bad file of each kind."""
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    clean_dir = _mk(root / "clean")
+    for i in range(6):  # voiced, amplitude-modulated harmonic tones: speech-like enough for the pipeline
+        f0 = 110 + 20 * i
+        voiced = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        sf.write(clean_dir / f"utt{i}.wav", (0.3 * voiced / np.abs(voiced).max()).astype(np.float32), 16000, subtype="PCM_16")
+    noise_dir = _mk(root / "noise")
+    for i in range(3):
+        sf.write(noise_dir / f"noise{i}.wav", (0.1 * rng.standard_normal(24000)).astype(np.float32), 22050)
+    bad = _mk(root / "clean" / "bad")
+    (bad / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage-not-audio" * 10)
+    sf.write(bad / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    sf.write(bad / "nan.wav", np.full(1000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    sf.write(bad / "clipped.wav", np.sign(rng.standard_normal(16000)).astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(bad / "lowrate.wav", np.zeros(400, dtype=np.float32) + 0.1, 4000)
+    return root
+
+
+def _mk(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -80,7 +80,8 @@ class SimulatedMixtures(Dataset):
 
 class BlockBatchSampler(Sampler[list[int]]):
     """Batches that are whole blocks of consecutive indices (one mic count each), block order
-    shuffled per epoch when ``shuffle``; under DDP each process takes every world-th block."""
+    shuffled per epoch when ``shuffle``; under DDP each process takes every world-th block, the
+    list padded by repetition so that every process runs the same number of batches."""
 
     def __init__(self, size: int, block: int, shuffle: bool, seed: int = 0):
         self.size, self.block, self.shuffle, self.seed, self.epoch = size, block, shuffle, seed, 0
@@ -93,7 +94,9 @@ class BlockBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             np.random.default_rng([self.seed, self.epoch]).shuffle(blocks)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            blocks = blocks[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+            world = torch.distributed.get_world_size()
+            blocks += blocks[: (-len(blocks)) % world]  # every process gets as many batches (repeats a few)
+            blocks = blocks[torch.distributed.get_rank() :: world]
         return blocks
 
     def __iter__(self):

@@ -1,0 +1,85 @@
+"""Training as a user runs it: `speechnorm train` on a tiny recipe, resume, batch size 1, DDP."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from speechnorm.task import EnhancementTask, MultiResolutionSTFTLoss
+
+
+def recipe(tmp_path, corpus, **overrides):
+    """A tiny recipe: two short steps on the test corpus, everything written under tmp_path."""
+    conf = {
+        "seed_everything": 0,
+        "model": {"model": "tac_gru", "norm": "online", "model_config": {"hidden": 16, "layers": 1}, "quality_every_val": False},
+        "data": {"clean_dir": str(corpus / "clean"), "noise_dir": str(corpus / "noise"), "train_items": 4, "val_items": 2,
+                 "test_items": 2, "seconds": 0.5, "batch_size": 2, "num_workers": 0, "seed": 0},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "val_check_interval": 2,
+                    "check_val_every_n_epoch": None, "log_every_n_steps": 1, "use_distributed_sampler": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]},
+    }
+    for dotted, value in overrides.items():
+        node = conf
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "conf.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def train(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "speechnorm", "train", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_stft_loss_is_zero_only_for_identical_signals():
+    loss = MultiResolutionSTFTLoss((64, 128))
+    x = torch.randn(2, 2048)
+    assert loss(x, x).item() < 1e-5
+    assert loss(0.5 * x, x).item() > 0.1 and loss(torch.randn(2, 2048), x).item() > 0.5
+
+
+def test_alignment_drops_the_model_delay():
+    task = EnhancementTask(model_config={"hidden": 8, "layers": 1})
+    estimate, target = task.aligned(torch.arange(10.0).repeat(1, 100), torch.arange(1000.0)[None])
+    assert estimate.shape[-1] == target.shape[-1] == 1000 - task.model.delay_samples
+
+
+def test_train_test_and_resume(tmp_path, tiny_corpus):
+    conf = recipe(tmp_path, tiny_corpus)
+    done = train("--config", str(conf))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test_unseen/enhanced/si_sdr" in done.stdout and "test/noisy/pesq" in done.stdout
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.exists() and torch.load(last, weights_only=False)["global_step"] == 2
+    resumed = train("--config", str(conf), "--ckpt_path", str(last), "--trainer.max_steps", "4", "--test", "false")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+def test_batch_size_one_and_other_normalizers(tmp_path, tiny_corpus):
+    conf = recipe(tmp_path, tiny_corpus, **{"data.batch_size": 1, "model.norm": "batch"})
+    done = train("--config", str(conf), "--test", "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_corpus):
+    conf = recipe(tmp_path, tiny_corpus, **{"model.lr": float("inf")})
+    done = train("--config", str(conf), "--trainer.max_steps", "3", "--trainer.gradient_clip_val", "null", "--test", "false")
+    assert done.returncode != 0
+    assert "loss is nan" in done.stderr or "NaN or inf" in done.stderr
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_ddp_two_cpu_processes(tmp_path, tiny_corpus):
+    conf = recipe(tmp_path, tiny_corpus, **{"trainer.devices": 2, "trainer.strategy": "ddp", "data.train_items": 8})
+    done = train("--config", str(conf), "--test", "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
