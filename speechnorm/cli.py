@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -45,6 +46,15 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.checkpoint, split=args.split, out=args.out, items=args.items)
+    print((Path(args.out) / "metrics.md").read_text(), end="")
+    print(f"wrote {args.out}/metrics.json, metrics.md and {min(3, result['items'])} spectrogram PNGs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speechnorm",
@@ -58,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     norms = commands.add_parser("norms", help="list the registered normalizers and whether they stream")
     norms.set_defaults(run=_norms)
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a split, vs the noisy input")
+    evaluate.add_argument("checkpoint", help="a .ckpt file, or a released model folder (models/NAME)")
+    evaluate.add_argument("--split", default="test", choices=("val", "test", "test_unseen"))
+    evaluate.add_argument("--out", default="evaluation", help="folder for metrics.json, metrics.md and PNGs")
+    evaluate.add_argument("--items", type=int, default=None, help="evaluate only the first N items")
+    evaluate.set_defaults(run=_evaluate)
     commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
                         add_help=False)
     models = commands.add_parser("models", help="list the registered models, their sizes, parameters and streaming speed")

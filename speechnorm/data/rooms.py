@@ -61,6 +61,14 @@ def sample_array(rng: np.random.Generator, unseen: bool, mics: int) -> tuple[str
     return kind, array_geometry(rng, kind, mics)
 
 
+def shortest_t60(room_dim: np.ndarray) -> float:
+    """The shortest T60 Sabine's formula reaches in this room (walls absorbing 95 %), seconds:
+    a big room cannot be as dry as a small one, so a drawn T60 below this is raised to it."""
+    volume = float(np.prod(room_dim))
+    surface = 2.0 * float(room_dim[0] * room_dim[1] + room_dim[0] * room_dim[2] + room_dim[1] * room_dim[2])
+    return 24.0 * np.log(10.0) * volume / (343.0 * surface * 0.95)
+
+
 def _position(rng: np.random.Generator, room: np.ndarray, margin: float = 0.5) -> np.ndarray:
     return rng.uniform([margin, margin, 1.0], [room[0] - margin, room[1] - margin, min(2.0, room[2] - 0.3)])
 
@@ -72,7 +80,7 @@ def simulate(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], geo
     """
     samples = speech.shape[-1]
     room_dim = np.array([rng.uniform(3, 10), rng.uniform(3, 8), rng.uniform(2.5, 4)])
-    t60 = rng.uniform(*spec.t60)
+    t60 = max(rng.uniform(*spec.t60), shortest_t60(room_dim))
     absorption, order = pra.inverse_sabine(t60, room_dim)
     room = pra.ShoeBox(room_dim, fs=SAMPLE_RATE, materials=pra.Material(absorption), max_order=min(order, MAX_ORDER))
     centre = _position(rng, room_dim, margin=0.6)

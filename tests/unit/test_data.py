@@ -125,3 +125,15 @@ def test_synthetic_corpus_builds(tmp_path):
         audio, rate = read_audio(path)
         assert rate == 16000 and audio.shape[1] > 8000
     assert sf.info(str(clean[0])).samplerate == 16000
+
+
+def test_large_rooms_with_short_t60_are_simulated_not_refused():
+    from speechnorm.data.rooms import shortest_t60, simulate
+
+    rng = np.random.default_rng(0)
+    spec = MixSpec(t60=(0.05, 0.06))  # drier than any big room can be
+    for _ in range(5):
+        noisy, target = simulate(rng, torch.randn(4000) * 0.1, [torch.randn(4000)], array_geometry(rng, "linear", 3), spec)
+        assert torch.isfinite(noisy).all() and noisy.shape == (3, 4000)
+    volume, surface = 320.0, 2 * (80.0 + 40.0 + 32.0)  # Sabine: T60 = 0.161 V / (S a)
+    assert abs(shortest_t60(np.array([10.0, 8.0, 4.0])) - 0.161 * volume / (surface * 0.95)) < 1e-3
