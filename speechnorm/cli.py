@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"speechnorm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ PNGs (noisy reference mic / enhanced / clean target) of the first few items.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -36,8 +37,9 @@ def load(path: str | Path) -> tuple[EnhancementTask, dict]:
     """The task (in eval mode) and the data module's hyper-parameters stored with it."""
     path = resolve_checkpoint(path)
     task = EnhancementTask.load_from_checkpoint(path, map_location="cpu").eval()
-    data_hparams = torch.load(path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
-    return task, dict(data_hparams)
+    stored = torch.load(path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
+    accepted = inspect.signature(EnhancementDataModule.__init__).parameters
+    return task, {k: v for k, v in stored.items() if k in accepted and k != "self"}
 
 
 def mean(values: list[float]) -> float:

@@ -1,5 +1,7 @@
 """Training as a user runs it: `speechnorm train` on a tiny recipe, resume, batch size 1, DDP."""
 
+import json
+import math
 import subprocess
 import sys
 
@@ -62,6 +64,23 @@ def test_train_test_and_resume(tmp_path, tiny_corpus):
     resumed = train("--config", str(conf), "--ckpt_path", str(last), "--trainer.max_steps", "4", "--test", "false")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(last, weights_only=False)["global_step"] == 4
+
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, "-m", "speechnorm", "evaluate", str(last), "--split", "test_unseen",
+                           "--out", str(out), "--items", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["items"] == 2 and len(result["per_item"]) == 2
+    for key in ("noisy/si_sdr", "enhanced/pesq", "enhanced/stoi", "enhanced/dnsmos_ovrl"):
+        assert math.isfinite(result["mean"][key]), key
+    assert "| si_sdr |" in (out / "metrics.md").read_text() and len(list(out.glob("test_unseen_*.png"))) == 2
+
+
+def test_evaluate_refuses_bad_paths_in_one_line(tmp_path):
+    for path, message in ((tmp_path / "none.ckpt", "no checkpoint at"), (tmp_path / "m.onnx", "ONNX")):
+        done = subprocess.run([sys.executable, "-m", "speechnorm", "evaluate", str(path)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_batch_size_one_and_other_normalizers(tmp_path, tiny_corpus):
