@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Train the same model with every normalizer at batch sizes 1 and 8 (identical data, seeds, steps).
+# Each run tests its best checkpoint on the seen and unseen-array test splits when it ends; its
+# metrics land in runs/norm_ablation/<norm>_b<batch>/version_*/metrics.csv.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NORMS=${NORMS:-"online batch layer group rms streaming_lp none"}
+for norm in $NORMS; do
+  for batch in 1 8; do
+    .venv/bin/speechnorm train --config recipes/norm_ablation/conf.yaml \
+      --model.norm "$norm" --data.batch_size "$batch" --trainer.logger.init_args.name "${norm}_b${batch}" "$@"
+  done
+done
