@@ -16,9 +16,7 @@ vectorised over everything else; it runs the normalization core only.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference.online_norm import control_loop, forward_loop  # noqa: E402
 
+from speechnorm.models.speed import median_seconds  # noqa: E402
 from speechnorm.norm import OnlineNorm  # noqa: E402
 from speechnorm.norm.kernels import triton_available, use_backend  # noqa: E402
 
@@ -36,22 +35,6 @@ MIN_PASSES = 9  # see the module docstring
 
 def peak_bandwidth(name: str) -> float | None:
     return next((gbs for key, gbs in PEAK_BANDWIDTH_GBS.items() if key in name), None)
-
-
-def timed(fn, device, repeats, warmup=2):
-    """Median seconds of ``fn()`` over ``repeats`` runs."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def fwd_bwd(module, x, grad):
@@ -122,7 +105,7 @@ def main(argv=None):
                 stream = frames.permute(2, 0, 1, 3).reshape(shape[2], shape[0] * channels, frames.shape[3])
             rows.append(("reference loop (core)", reference_fwd_bwd(stream, torch.randn_like(stream))))
         with use_backend(args.backend):
-            times = {label: timed(run, device, args.repeats) for label, run in rows}
+            times = {label: median_seconds(run, device, args.repeats) for label, run in rows}
         base = times[rows[0][0]]
         for label, seconds in times.items():
             print(f"| {axis} | {tuple(shape)} | {label} | {seconds * 1e3:.1f} | {seconds / base:.2f} |")

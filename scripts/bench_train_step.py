@@ -10,12 +10,11 @@ Times forward + loss + backward + optimizer step on random multi-channel audio, 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from speechnorm.models import build
+from speechnorm.models.speed import median_seconds
 
 
 def step_time(model, audio, device, repeats):
@@ -28,18 +27,7 @@ def step_time(model, audio, device, repeats):
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(step, device, repeats)
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..registry import Registry
 from .base import SpectralEnhancer
 
 
@@ -15,16 +16,14 @@ class ModelSpec:
     summary: str = ""
 
 
-_MODELS: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(name: str, *, sizes: dict[str, dict], summary: str):
     """Class decorator: register an enhancement model and its named sizes."""
 
     def decorate(cls):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelSpec(name, cls, sizes, summary)
+        _MODELS.add(name, ModelSpec(name, cls, sizes, summary))
         return cls
 
     return decorate
@@ -32,16 +31,13 @@ def register_model(name: str, *, sizes: dict[str, dict], summary: str):
 
 def available() -> dict[str, ModelSpec]:
     """The registered models, by name."""
-    return dict(_MODELS)
+    return _MODELS.all()
 
 
 def build(name: str, norm: str = "online", size: str = "small", **config) -> SpectralEnhancer:
     """Build model ``name`` at a named ``size``, with ``norm`` any registered normalizer kind;
     keyword arguments override the size's settings."""
-    try:
-        spec = _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_MODELS))}") from None
+    spec = _MODELS[name]
     if size not in spec.sizes:
         raise ValueError(f"model {name!r} has no size {size!r}; choose one of: {', '.join(spec.sizes)}")
     return spec.cls(norm=norm, **{**spec.sizes[size], **config})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..registry import Registry
 from .base import SequenceNorm
 
 STREAMING_MODES = ("always", "eval only", "never")
@@ -26,7 +27,7 @@ class NormSpec:
     summary: str
 
 
-_REGISTRY: dict[str, NormSpec] = {}
+_REGISTRY: Registry[NormSpec] = Registry("normalizer kind")
 
 
 def register_norm(name: str, *, streaming: str, summary: str):
@@ -35,9 +36,7 @@ def register_norm(name: str, *, streaming: str, summary: str):
         raise ValueError(f"streaming must be one of {STREAMING_MODES}, got {streaming!r}")
 
     def decorate(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"normalizer kind {name!r} is already registered")
-        _REGISTRY[name] = NormSpec(name, factory, streaming, summary)
+        _REGISTRY.add(name, NormSpec(name, factory, streaming, summary))
         return factory
 
     return decorate
@@ -45,13 +44,9 @@ def register_norm(name: str, *, streaming: str, summary: str):
 
 def available() -> dict[str, NormSpec]:
     """The registered kinds, by name."""
-    return dict(_REGISTRY)
+    return _REGISTRY.all()
 
 
 def make_norm(kind: str, num_features: int, **kwargs) -> SequenceNorm:
     """Build the normalizer registered as ``kind`` for ``num_features`` features."""
-    try:
-        spec = _REGISTRY[kind]
-    except KeyError:
-        raise ValueError(f"unknown normalizer kind {kind!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
-    return spec.factory(num_features, **kwargs)
+    return _REGISTRY[kind].factory(num_features, **kwargs)
