@@ -109,12 +109,13 @@ def test_layer_on_triton_matches_reference(stream_axis, shape, ecm):
 
 
 @pytest.mark.parametrize("stream_axis", ["batch", "time"])
-def test_bfloat16_on_triton_matches_float32(stream_axis):
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_on_triton_matches_float32(stream_axis, half):
     shape = (4, 3, 6, 9)
     x = torch.randn(shape) * 3 + 2
     g = torch.randn(shape)
     results = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, half):
         layer = OnlineNorm(3, stream_axis=stream_axis)
         xi = x.to(dtype).detach().clone().requires_grad_(True)
         with use_backend("triton"):
