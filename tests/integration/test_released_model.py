@@ -1,0 +1,60 @@
+"""Every model released in models/: its card tells the truth, it streams, and it enhances."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechnorm.evaluate import load
+from speechnorm.models import count_parameters
+
+RELEASED = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "models").glob("*/card.json"))
+
+
+def test_a_model_is_released():
+    assert RELEASED, "models/ holds no released model"
+
+
+@pytest.mark.parametrize("folder", RELEASED, ids=lambda p: p.name)
+def test_card_matches_the_weights_and_the_weights_stream(folder):
+    card = json.loads((folder / "card.json").read_text())
+    assert (folder / "model.ckpt").stat().st_size < 5_000_000 and (folder / "README.md").exists()
+    task, _ = load(folder)
+    model = task.model
+    assert card["parameters"] == count_parameters(model)
+    assert card["sample_rate"] == model.sample_rate and card["latency_ms"] == model.latency_ms
+    audio = torch.randn(1, 3, 160 * 30) * 0.1
+    with torch.inference_mode():
+        whole = model(audio)
+        state = model.initial_state(1, mics=3)
+        hops = []
+        for t in range(30):
+            out, state = model.step(audio[..., t * 160 : (t + 1) * 160], state)
+            hops.append(out)
+    torch.testing.assert_close(torch.cat(hops, -1), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("folder", RELEASED, ids=lambda p: p.name)
+def test_released_model_enhances_fresh_speech_in_noise(folder):
+    from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio as si_sdr
+
+    from speechnorm.data import synthetic
+    from speechnorm.data.rooms import MixSpec, array_geometry, simulate
+
+    if synthetic.shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make system-deps)")
+    task, _ = load(folder)
+    rng = np.random.default_rng(123)
+    exe = synthetic.require_espeak()
+    gains = []
+    for i, text in enumerate(["the station opens at seven every morning", "please call me tomorrow about the letter"]):
+        speech = synthetic.speak(text, "en-us", 160, 50, exe)[: 16000 * 2]
+        speech = torch.nn.functional.pad(speech, (0, 32000 - speech.numel()))
+        noise = synthetic.coloured_noise(rng, 32000, 1.0)
+        noisy, target = simulate(rng, speech, [noise], array_geometry(rng, "circular", 4), MixSpec(snr_db=(0.0, 0.0)))
+        with torch.inference_mode():
+            enhanced, aligned = task.aligned(task(noisy[None])[0], target)
+        gains.append((si_sdr(enhanced, aligned) - si_sdr(noisy[0, : aligned.numel()], aligned)).item())
+    assert min(gains) > 1.0, gains
