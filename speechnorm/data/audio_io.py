@@ -19,11 +19,12 @@ class AudioFileError(ValueError):
     """An audio file that cannot be used, with its path in the message."""
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[Tensor, int]:
+def read_audio(path: str | Path, sample_rate: int | None = None, check_clipping: bool = True) -> tuple[Tensor, int]:
     """Read ``path`` as float32 (channels, samples); resample to ``sample_rate`` when given.
 
-    Raises AudioFileError (naming the file) for unreadable, empty, non-finite or clipped audio and
-    for rates below 8 kHz.
+    Raises AudioFileError (naming the file) for unreadable, empty, non-finite or (unless
+    ``check_clipping`` is off, e.g. for impulse responses peaking at 1) clipped audio, and for
+    rates below 8 kHz.
     """
     path = Path(path)
     try:
@@ -36,7 +37,7 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[Tensor
         raise AudioFileError(f"{path}: sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz")
     if not np.isfinite(data).all():
         raise AudioFileError(f"{path}: contains NaN or inf samples")
-    if (np.abs(data) >= CLIP_LEVEL).mean() > CLIP_FRACTION:
+    if check_clipping and (np.abs(data) >= CLIP_LEVEL).mean() > CLIP_FRACTION:
         raise AudioFileError(f"{path}: clipped (over {CLIP_FRACTION:.1%} of samples at full scale)")
     audio = torch.from_numpy(np.ascontiguousarray(data.T))
     if sample_rate is not None and rate != sample_rate:

@@ -51,15 +51,39 @@ def scan(folder: str | Path) -> list[Path]:
     return good
 
 
-class Corpus:
-    """Clean speech and noise files for one split."""
+def scan_rooms(rir_dir: str | Path) -> list[tuple[Path, int]]:
+    """Measured RIR sets: each sub-folder of ``rir_dir`` is one room and array, holding one
+    multi-channel file per source position (channels = mics, mic 0 the reference). Returns
+    (folder, mics) for rooms with at least two positions and one channel count; others reported."""
+    rooms = []
+    for folder in sorted({p.parent for p in scan(rir_dir)}):
+        files = [p for p in scan(folder) if p.parent == folder]
+        channels = {sf.info(str(p)).channels for p in files}
+        if len(files) < 2 or len(channels) != 1:
+            log.warning("skipping RIR room %s: needs two or more files with one channel count, has %d file(s), "
+                        "channel counts %s", folder, len(files), sorted(channels))
+            continue
+        rooms.append((folder, channels.pop()))
+    return rooms
 
-    def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000):
+
+class Corpus:
+    """Clean speech and noise files (and optionally measured RIR rooms) for one split."""
+
+    def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000,
+                 rir_dir: str | Path | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.sample_rate = sample_rate
         self.clean = self._pick(scan(clean_dir), split)
         self.noise = self._pick(scan(noise_dir), split)
+        rooms = scan_rooms(rir_dir) if rir_dir is not None else []
+        self.rooms = [room for room in rooms if split_of(room[0]) == split] or rooms
+
+    def load_rirs(self, folder: Path, picks: list[int], mics: int) -> list[Tensor]:
+        """The RIR sets at positions ``picks`` (indices into the room's files), first ``mics`` channels."""
+        files = [p for p in scan(folder) if p.parent == folder]
+        return [read_audio(files[i % len(files)], self.sample_rate, check_clipping=False)[0][:mics] for i in picks]
 
     @staticmethod
     def _pick(files: list[Path], split: str) -> list[Path]:

@@ -23,6 +23,9 @@ class EnhancementDataModule(L.LightningDataModule):
         seconds: length of an item. batch_size: items per batch (1 is fine for Online Norm).
         snr_db, t60: the ranges mixtures are drawn from. seed: fixes every item of every split.
         cache_dir: keep simulated items on disk and reuse them (optional).
+        rir_dir: measured multi-channel RIRs (optional): one sub-folder per room and array, one
+            file per source position (channels = mics). ``measured_fraction`` of the items of the
+            seen-array splits then use them instead of a simulated room.
     """
 
     def __init__(
@@ -31,7 +34,7 @@ class EnhancementDataModule(L.LightningDataModule):
         train_items: int = 2000, val_items: int = 64, test_items: int = 64, seconds: float = 2.0,
         batch_size: int = 8, num_workers: int = 0, seed: int = 0,
         snr_db: tuple[float, float] = (-5.0, 15.0), t60: tuple[float, float] = (0.15, 0.7),
-        cache_dir: str | None = None,
+        cache_dir: str | None = None, rir_dir: str | None = None, measured_fraction: float = 0.5,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -55,9 +58,10 @@ class EnhancementDataModule(L.LightningDataModule):
         spec = MixSpec(snr_db=tuple(hp.snr_db), t60=tuple(hp.t60))
         sizes = {"train": hp.train_items, "val": hp.val_items, "test": hp.test_items, "test_unseen": hp.test_items}
         for split, size in sizes.items():
-            corpus = Corpus(clean, noise, "test" if split == "test_unseen" else split)
+            corpus = Corpus(clean, noise, "test" if split == "test_unseen" else split, rir_dir=hp.rir_dir)
             self.datasets[split] = SimulatedMixtures(
-                corpus, split, size, hp.seconds, hp.seed, mic_block=hp.batch_size, spec=spec, cache_dir=hp.cache_dir
+                corpus, split, size, hp.seconds, hp.seed, mic_block=hp.batch_size, spec=spec, cache_dir=hp.cache_dir,
+                measured_fraction=hp.measured_fraction,
             )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

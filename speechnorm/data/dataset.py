@@ -8,6 +8,7 @@ kept on disk and reused in later epochs (it is the same item either way).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from .corpus import Corpus
-from .rooms import MixSpec, sample_array, sample_mics, simulate
+from .rooms import MixSpec, mix, sample_array, sample_mics, simulate
 
 SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "test_unseen": 4}
 
@@ -41,12 +42,18 @@ class SimulatedMixtures(Dataset):
 
     def __init__(
         self, corpus: Corpus, split: str, size: int, seconds: float = 2.0, seed: int = 0, mic_block: int = 8,
-        spec: MixSpec = MixSpec(), cache_dir: str | Path | None = None, hop: int = 160,
+        spec: MixSpec = MixSpec(), cache_dir: str | Path | None = None, hop: int = 160, measured_fraction: float = 0.5,
     ):
         self.corpus, self.split, self.size, self.seed, self.mic_block, self.spec = corpus, split, size, seed, mic_block, spec
         self.samples = int(seconds * corpus.sample_rate) // hop * hop
         self.unseen = split == "test_unseen"
-        self.cache = Path(cache_dir) / f"{split}-seed{seed}-n{self.samples}" if cache_dir else None
+        # Measured rooms keep their real arrays, so they stay out of the held-out-geometry split.
+        self.measured_fraction = 0.0 if self.unseen else measured_fraction
+        # The cache key covers everything an item depends on, so a changed corpus or setting never
+        # reads stale items.
+        recipe = repr((self.spec, measured_fraction, corpus.clean, corpus.noise, corpus.rooms, mic_block))
+        digest = hashlib.sha1(recipe.encode()).hexdigest()[:10]
+        self.cache = Path(cache_dir) / f"{split}-seed{seed}-n{self.samples}-{digest}" if cache_dir else None
 
     def __len__(self) -> int:
         return self.size
@@ -67,8 +74,16 @@ class SimulatedMixtures(Dataset):
             fit_length(self.corpus.load("noise", int(rng.integers(1 << 30))), self.samples, rng, tile=True)
             for _ in range(int(rng.integers(self.spec.noise_sources[0], self.spec.noise_sources[1] + 1)))
         ]
-        _, geometry = sample_array(rng, self.unseen, self.mics(index))
-        noisy, target = simulate(rng, speech, noises, geometry, self.spec)
+        mics = self.mics(index)
+        rooms = [folder for folder, channels in self.corpus.rooms if channels >= mics]
+        if rooms and rng.random() < self.measured_fraction:
+            folder = rooms[int(rng.integers(len(rooms)))]
+            positions = rng.permutation(1 << 10)[: 1 + len(noises)].tolist()  # distinct source positions
+            target_rir, *noise_rirs = self.corpus.load_rirs(folder, positions, mics)
+            noisy, target = mix(rng, speech, noises, target_rir, noise_rirs, self.spec)
+        else:
+            _, geometry = sample_array(rng, self.unseen, mics)
+            noisy, target = simulate(rng, speech, noises, geometry, self.spec)
         item = (noisy.float().contiguous(), target.float().contiguous())
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)

@@ -90,15 +90,32 @@ def simulate(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], geo
         room.add_source(_position(rng, room_dim))
     room.compute_rir()
     mics = geometry.shape[1]
-    rirs = [[torch.from_numpy(np.asarray(room.rir[m][s], dtype=np.float32)) for s in range(1 + len(noises))] for m in range(mics)]
+    rirs = [torch.stack([_pad_to(torch.as_tensor(room.rir[m][s], dtype=torch.float32), room.rir) for m in range(mics)])
+            for s in range(1 + len(noises))]
+    return mix(rng, speech, noises, rirs[0], rirs[1:], spec)
 
-    def heard(signal: Tensor, source: int) -> Tensor:  # (M, N)
-        return torch.stack([fftconvolve(signal, rirs[m][source])[:samples] for m in range(mics)])
 
-    reverberant = heard(speech, 0)
-    direct = int(np.argmax(np.abs(rirs[0][0].numpy())))
-    target = fftconvolve(speech, rirs[0][0][: direct + int(EARLY_SECONDS * SAMPLE_RATE)])[:samples]
-    noise = sum(heard(n, i + 1) for i, n in enumerate(noises))
+def _pad_to(rir: Tensor, all_rirs) -> Tensor:
+    longest = max(len(r) for per_mic in all_rirs for r in per_mic)
+    return torch.nn.functional.pad(rir, (0, longest - rir.numel()))
+
+
+def mix(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], target_rir: Tensor, noise_rirs: list[Tensor],
+        spec: MixSpec) -> tuple[Tensor, Tensor]:
+    """Speech and noises (N,) through room impulse responses (M, K) — simulated or measured.
+
+    Returns noisy (M, N) at a random SNR (measured at mic 0) and the target (N,): the speech
+    through the first 50 ms of mic 0's response after its direct-path peak.
+    """
+    samples = speech.shape[-1]
+
+    def heard(signal: Tensor, rirs: Tensor) -> Tensor:  # (M, N)
+        return fftconvolve(signal.expand(rirs.shape[0], -1), rirs)[:, :samples]
+
+    reverberant = heard(speech, target_rir)
+    direct = int(target_rir[0].abs().argmax())
+    target = fftconvolve(speech, target_rir[0, : direct + int(EARLY_SECONDS * SAMPLE_RATE)])[:samples]
+    noise = sum(heard(n, r) for n, r in zip(noises, noise_rirs))
     snr = rng.uniform(*spec.snr_db)
     gain = torch.sqrt(reverberant[0].square().mean() / (noise[0].square().mean() * 10 ** (snr / 10) + 1e-12))
     noisy = reverberant + gain * noise

@@ -101,6 +101,9 @@ def test_item_cache_returns_the_same_item(tiny_corpus, tmp_path):
     first = data[0]
     assert any(tmp_path.rglob("000000.pt"))
     assert all(torch.equal(a, b) for a, b in zip(first, data[0]))
+    louder = SimulatedMixtures(corpus, "val", size=2, seconds=0.25, seed=0, mic_block=2, cache_dir=tmp_path,
+                               spec=MixSpec(snr_db=(30.0, 30.0)))
+    assert louder.cache != data.cache, "another mix setting must not read this cache"
 
 
 def test_block_batch_sampler_keeps_blocks_whole():
@@ -137,3 +140,30 @@ def test_large_rooms_with_short_t60_are_simulated_not_refused():
         assert torch.isfinite(noisy).all() and noisy.shape == (3, 4000)
     volume, surface = 320.0, 2 * (80.0 + 40.0 + 32.0)  # Sabine: T60 = 0.161 V / (S a)
     assert abs(shortest_t60(np.array([10.0, 8.0, 4.0])) - 0.161 * volume / (surface * 0.95)) < 1e-3
+
+
+def test_measured_rirs_are_used_and_give_a_known_target(tiny_corpus, tmp_path):
+    """A measured 'room' whose responses are pure delays: the target is the speech delayed by
+    mic 0's delay, and the mixture's mic 1 lags mic 0 by the known inter-mic delay."""
+    room = tmp_path / "rirs" / "room_a"
+    room.mkdir(parents=True)
+    for position, (d0, d1) in enumerate([(10, 13), (40, 35), (70, 71)]):
+        rir = np.zeros((400, 3), dtype=np.float32)
+        rir[d0, 0], rir[d1, 1], rir[d0 + 5, 2] = 1.0, 1.0, 0.5
+        sf.write(room / f"pos{position}.wav", rir, 16000, subtype="FLOAT")
+    (tmp_path / "rirs" / "lonely").mkdir()
+    sf.write(tmp_path / "rirs" / "lonely" / "only.wav", np.zeros((100, 2), dtype=np.float32), 16000)
+    corpus = Corpus(tiny_corpus / "clean", tiny_corpus / "noise", "train", rir_dir=tmp_path / "rirs")
+    assert [(f.name, m) for f, m in corpus.rooms] == [("room_a", 3)]
+    data = SimulatedMixtures(corpus, "train", size=8, seconds=0.25, seed=0, mic_block=1, measured_fraction=1.0,
+                             spec=MixSpec(snr_db=(60.0, 60.0)))  # noise far below the speech
+    measured = [i for i in range(8) if data.mics(i) <= 3]
+    assert measured, "some items should fit the 3-mic room"
+    for i in measured:
+        noisy, target = data[i]
+        assert noisy.shape[0] == data.mics(i)
+        # pure delays: mic 0 *is* the target (no reverberation; noise 60 dB down), unlike any simulated room
+        torch.testing.assert_close(noisy[0], target, atol=3e-3 * target.abs().max().item(), rtol=0)
+        if noisy.shape[0] > 1:
+            lag = int(np.argmax(np.correlate(noisy[1].numpy(), noisy[0].numpy(), "full"))) - (noisy.shape[1] - 1)
+            assert lag in (3, -5, 1), lag  # d1 - d0 of one of the three positions
