@@ -34,12 +34,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> tuple[EnhancementTask, dict]:
-    """The task (in eval mode) and the data module's hyper-parameters stored with it."""
-    path = resolve_checkpoint(path)
-    task = EnhancementTask.load_from_checkpoint(path, map_location="cpu").eval()
-    stored = torch.load(path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
-    accepted = inspect.signature(EnhancementDataModule.__init__).parameters
-    return task, {k: v for k, v in stored.items() if k in accepted and k != "self"}
+    """The task (in eval mode) and the data module's hyper-parameters stored with it, from one read."""
+    checkpoint = torch.load(resolve_checkpoint(path), map_location="cpu", weights_only=False)
+    task = EnhancementTask(**_accepted(EnhancementTask, checkpoint.get("hyper_parameters", {})))
+    task.load_state_dict(checkpoint["state_dict"])
+    return task.eval(), _accepted(EnhancementDataModule, checkpoint.get("datamodule_hyper_parameters", {}))
+
+
+def _accepted(cls, stored: dict) -> dict:
+    """The stored hyper-parameters that ``cls`` takes (LightningCLI stores extra keys)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in stored.items() if k in parameters and k != "self"}
 
 
 def mean(values: list[float]) -> float:

@@ -201,3 +201,13 @@ def test_time_axis_rejects_image_rank_and_bad_frames():
         layer.step(torch.randn(2, 3, 4, 5), state)
     with pytest.raises(ValueError, match="NaN or inf"):
         layer.step(torch.full((2, 3), float("nan")), state)
+
+
+def test_reset_running_stats_restarts_the_stream():
+    layer = OnlineNorm(3)
+    x = (torch.randn(8, 3, 4) * 2 + 1).requires_grad_(True)
+    layer(x).sum().backward()
+    assert layer.control.abs().sum() > 0 and not torch.equal(layer.running_mean, torch.zeros(3))
+    layer.reset_running_stats()
+    assert torch.equal(layer.running_mean, torch.zeros(3)) and torch.equal(layer.running_var, torch.ones(3))
+    assert torch.equal(layer.control, torch.zeros(2, 3))
