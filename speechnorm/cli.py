@@ -55,6 +55,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    card = export_model(args.checkpoint, args.out, max_mics=args.max_mics)
+    diffs = card["onnx"]["verification"]["max_abs_diff"]
+    worst = max(max(d.values()) for d in diffs.values())
+    print(f"wrote {args.out}/model.onnx (step), model_offline.onnx and card.json; "
+          f"onnxruntime vs PyTorch on real speech, mics {', '.join(diffs)}: max |diff| {worst:.2e}")
+    return 0
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    from .enhance import enhance_file
+
+    done = enhance_file(args.input, args.output, model=args.model, backend=args.backend, offline=args.offline)
+    seconds = done["samples"] / done["sample_rate"]
+    print(f"enhanced {done['input']} ({done['mics']} mics, {done['sample_rate']} Hz, {seconds:.1f} s) -> {done['output']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speechnorm",
@@ -74,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="evaluation", help="folder for metrics.json, metrics.md and PNGs")
     evaluate.add_argument("--items", type=int, default=None, help="evaluate only the first N items")
     evaluate.set_defaults(run=_evaluate)
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (streaming step with state + offline graph), verified")
+    export.add_argument("checkpoint", help="a .ckpt file, or a model folder holding model.ckpt")
+    export.add_argument("-o", "--out", required=True, help="folder for model.onnx, model_offline.onnx and card.json")
+    export.add_argument("--max-mics", type=int, default=16, help="largest mic count the card allows (verified; default 16)")
+    export.set_defaults(run=_export)
+    enhance = commands.add_parser("enhance", help="enhance a multi-channel WAV/FLAC file (streamed; any rate, 1-16 mics)")
+    enhance.add_argument("input", help="WAV/FLAC, channel 0 is the reference mic")
+    enhance.add_argument("-o", "--output", required=True, help="the enhanced mono file (.wav or .flac), at the input's rate")
+    enhance.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small)")
+    enhance.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
+    enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
+    enhance.set_defaults(run=_enhance)
     commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
                         add_help=False)
     models = commands.add_parser("models", help="list the registered models, their sizes, parameters and streaming speed")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from torch import Tensor
+
+from .resample import resample
 
 MIN_SAMPLE_RATE = 8000
 CLIP_LEVEL = 0.999
@@ -39,11 +40,10 @@ def read_audio(path: str | Path, sample_rate: int | None = None, check_clipping:
         raise AudioFileError(f"{path}: contains NaN or inf samples")
     if check_clipping and (np.abs(data) >= CLIP_LEVEL).mean() > CLIP_FRACTION:
         raise AudioFileError(f"{path}: clipped (over {CLIP_FRACTION:.1%} of samples at full scale)")
-    audio = torch.from_numpy(np.ascontiguousarray(data.T))
+    audio = np.ascontiguousarray(data.T)
     if sample_rate is not None and rate != sample_rate:
-        audio = torchaudio.functional.resample(audio, rate, sample_rate)
-        rate = sample_rate
-    return audio, rate
+        audio, rate = resample(audio, rate, sample_rate), sample_rate
+    return torch.from_numpy(audio), rate
 
 
 def write_audio(path: str | Path, audio: Tensor, sample_rate: int) -> None:

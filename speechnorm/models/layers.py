@@ -37,7 +37,8 @@ class Pointwise(Streamable):
         self.linear = nn.Linear(in_channels, out_channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+        last = x.dim() - 1  # a positive axis: the ONNX exporter mistranslates movedim(1, -1)
+        return self.linear(x.movedim(1, last)).movedim(last, 1)
 
 
 class Activation(Streamable):
@@ -130,7 +131,12 @@ class GRU(nn.Module):
         return (torch.zeros(shape, device=device, dtype=dtype or torch.float32),)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """One frame through each layer's fused GRU cell, with the same weights as ``forward``."""
+        """One frame through each layer's fused GRU cell, with the same weights as ``forward``.
+
+        Traced for export, the module itself runs on a one-frame sequence: one ONNX GRU node."""
+        if torch.jit.is_tracing():
+            out, hidden_state = self.gru(x_t.unsqueeze(1), state[0])
+            return out.squeeze(1), (hidden_state,)
         hidden = []
         for layer in range(self.gru.num_layers):
             weights = [getattr(self.gru, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -154,7 +160,12 @@ class LSTM(nn.Module):
         return tuple(torch.zeros(shape, device=device, dtype=dtype or torch.float32) for _ in range(2))
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """One frame through each layer's fused LSTM cell, with the same weights as ``forward``."""
+        """One frame through each layer's fused LSTM cell, with the same weights as ``forward``.
+
+        Traced for export, the module itself runs on a one-frame sequence: one ONNX LSTM node."""
+        if torch.jit.is_tracing():
+            out, (h_n, c_n) = self.lstm(x_t.unsqueeze(1), (state[0], state[1]))
+            return out.squeeze(1), (h_n, c_n)
         hidden, cell = [], []
         for layer in range(self.lstm.num_layers):
             weights = [getattr(self.lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -239,10 +250,11 @@ class TAC(Streamable):
         self.concat = nn.Sequential(nn.Linear(2 * hidden, channels), nn.PReLU())
 
     def forward(self, x: Tensor) -> Tensor:
-        features = x.movedim(2, -1)  # (B, M, T[, F], C)
+        last = x.dim() - 1  # positive axes export correctly to ONNX
+        features = x.movedim(2, last)  # (B, M, T[, F], C)
         per_mic = self.transform(features)
         shared = self.average(per_mic.mean(dim=1, keepdim=True)).expand_as(per_mic)
-        return x + self.concat(torch.cat((per_mic, shared), dim=-1)).movedim(-1, 2)
+        return x + self.concat(torch.cat((per_mic, shared), dim=-1)).movedim(last, 2)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         return self.forward(x_t.unsqueeze(3)).squeeze(3), state

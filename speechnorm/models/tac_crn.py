@@ -84,7 +84,7 @@ class TacCRN(SpectralEnhancer):
         return (*encoder, *rest)
 
     def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        batch, mics = frame.shape[:2]
+        batch = frame.shape[0]
         parts = split_state(state, self._stateful())
         enc_states, bot_state, dec_states = parts[: len(self.encoder)], parts[len(self.encoder)], parts[len(self.encoder) + 1 :]
         x = spectral_features(frame).flatten(0, 1)  # (B·M, 3, F)
@@ -93,8 +93,8 @@ class TacCRN(SpectralEnhancer):
         for stage, stage_state in zip(self.encoder, enc_states):
             x, stage_state = stage.step(x, stage_state)
             new_state.extend(stage_state)
-            skips.append(x.unflatten(0, (batch, mics))[:, 0])
-        x, _ = self.tac.step(x.unflatten(0, (batch, mics)), ())
+            skips.append(x.unflatten(0, (batch, -1))[:, 0])  # -1: the mic count stays dynamic when traced
+        x, _ = self.tac.step(x.unflatten(0, (batch, -1)), ())
         x, bot_state = self.bottleneck.step(x[:, 0].flatten(1), bot_state)  # (B, C·F')
         new_state.extend(bot_state)
         x = x.unflatten(1, self.bottleneck_shape)  # (B, C, F')

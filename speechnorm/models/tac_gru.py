@@ -60,9 +60,9 @@ class TacGRU(SpectralEnhancer):
     def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         batch, mics, _, bins = frame.shape
         enc_state, rnn_state = split_state(state, [self.encoder, self.rnn])
-        features = spectral_features(frame).reshape(batch * mics, 3 * bins)
+        features = spectral_features(frame).flatten(0, 1).flatten(1)  # (B·M, 3F); no frozen sizes when traced
         encoded, enc_state = self.encoder.step(features, enc_state)
-        reference, _ = self.tac.step(encoded.unflatten(0, (batch, mics)), ())
+        reference, _ = self.tac.step(encoded.unflatten(0, (batch, -1)), ())
         hidden, rnn_state = self.rnn.step(reference[:, 0], rnn_state)
         raw, _ = self.head.step(hidden, ())
         return bounded_mask(raw.unflatten(1, (2, bins))), (*enc_state, *rnn_state)

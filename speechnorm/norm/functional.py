@@ -30,7 +30,13 @@ from .scan import linear_scan, shift_in
 
 
 def require_finite(stats: Tensor, where: str) -> None:
-    """Refuse non-finite input: one NaN would poison a running statistic for all later samples."""
+    """Refuse non-finite input: one NaN would poison a running statistic for all later samples.
+
+    Skipped while tracing for export (a traced check would be a constant): the exported graph's
+    caller, ``speechnorm.stream``, checks every hop before it enters the graph instead.
+    """
+    if torch.jit.is_tracing():
+        return
     if not bool(torch.isfinite(stats).all()):
         raise ValueError(
             f"{where}: input contains NaN or inf (or values whose square overflows); a streaming "

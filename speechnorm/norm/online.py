@@ -155,7 +155,7 @@ class OnlineNorm(SequenceNorm):
         h = y
         if self.affine:
             h = torch.addcmul(channel_view(self.bias, 4), h, channel_view(self.weight, 4))
-        differentiable = torch.is_grad_enabled() and h.requires_grad
+        differentiable = torch.is_grad_enabled() and h.requires_grad and not torch.jit.is_tracing()
         if self.ecm == "ls":
             h = LayerScaling.apply(h, (1, 3), self.eps) if differentiable else fn.layer_scaling_fwd(h, (1, 3), self.eps)[0]
         elif self.ecm == "ac":
@@ -176,14 +176,14 @@ class OnlineNorm(SequenceNorm):
         self.require_streamable()
         self.check_frame(x_t)
         mu, var = state
-        frame = x_t.reshape(x_t.shape[0], self.num_features, -1)  # (B, C, D)
+        frame = x_t.unsqueeze(-1) if x_t.dim() == 2 else x_t  # (B, C, D); no frozen sizes when traced
         if frame.dtype in _LOW_PRECISION:
             frame = frame.float()
         y, new_mu, new_var = fn.online_norm_step(frame, mu, var, self.alpha_fwd, self.eps)
         out = self._affine_ecm(y.unsqueeze(2)).squeeze(2)
         if out.dtype != x_t.dtype:
             out = out.to(x_t.dtype)
-        return out.reshape(x_t.shape), (new_mu, new_var)
+        return (out.squeeze(-1) if x_t.dim() == 2 else out), (new_mu, new_var)
 
     def extra_repr(self) -> str:
         return (

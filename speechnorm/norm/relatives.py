@@ -192,13 +192,13 @@ class StreamingLpNorm(_AffineMixin, SequenceNorm):
     def step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         self.check_frame(x_t)
         mu, moment = state
-        frame = x_t.reshape(x_t.shape[0], self.num_features, -1)  # (B, C, F)
+        frame = x_t.unsqueeze(-1) if x_t.dim() == 2 else x_t  # (B, C, F); no frozen sizes when traced
         mean_x = frame.mean(dim=-1)
         fn.require_finite(mean_x, "StreamingLpNorm.step")
         y = (frame - mu.unsqueeze(-1)) / (moment.pow(1.0 / self.p) + self.eps).unsqueeze(-1)
         new_moment = self.alpha * moment + (1 - self.alpha) * self._deviation(frame, mu)
         new_mu = self.alpha * mu + (1 - self.alpha) * mean_x
-        return self._apply_affine(y.reshape(x_t.shape)), (new_mu, new_moment)
+        return self._apply_affine(y.squeeze(-1) if x_t.dim() == 2 else y), (new_mu, new_moment)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, p={self.p}, alpha={self.alpha}, eps={self.eps}, affine={self.affine}"

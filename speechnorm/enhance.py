@@ -1,0 +1,140 @@
+"""``speechnorm enhance IN -o OUT``: a multi-channel recording in, the enhanced reference mic out.
+
+The file is streamed block by block through ``StreamingEnhancer`` at the file's own sample rate
+(``AtRate`` resamples in and out), so memory stays constant however long it is. ``offline=True``
+runs the whole-utterance path instead (the offline ONNX graph, or the PyTorch forward); the two
+agree to float rounding. The output has the input's length, rate and (where the output format
+allows it) sample format; it is written to a temporary file and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .data.resample import resample
+from .stream import AtRate, StreamingEnhancer, load
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "tac_gru_online_small"
+BLOCK_SECONDS = 1.0
+
+
+class EnhanceError(ValueError):
+    """Input that cannot be enhanced, with the file named in the message."""
+
+
+def default_model() -> Path:
+    return Path(os.environ.get("SPEECHNORM_MODEL", DEFAULT_MODEL))
+
+
+def open_input(path: Path, max_mics: int) -> sf.SoundFile:
+    if not path.is_file():
+        raise EnhanceError(f"{path}: no such file")
+    try:
+        source = sf.SoundFile(str(path))
+    except Exception as err:
+        raise EnhanceError(f"{path}: cannot read audio ({str(err).splitlines()[0]})") from None
+    if source.frames == 0:
+        source.close()
+        raise EnhanceError(f"{path}: empty (0 samples)")
+    if not 1 <= source.channels <= max_mics:
+        source.close()
+        raise EnhanceError(f"{path}: {source.channels} channels, but the model takes 1 to {max_mics} microphones")
+    if not 8000 <= source.samplerate <= 192_000:
+        source.close()
+        raise EnhanceError(f"{path}: sample rate {source.samplerate} Hz is outside 8000–192000 Hz")
+    return source
+
+
+def output_subtype(source: sf.SoundFile, out: Path) -> str | None:
+    """The input's sample format where the output's container supports it, else its default."""
+    fmt = _format_for(out)
+    return source.subtype if fmt and sf.check_format(fmt, source.subtype) else None
+
+
+def _format_for(out: Path) -> str | None:
+    suffix = out.suffix.lstrip(".").upper()
+    return suffix if suffix in sf.available_formats() else None
+
+
+def enhance_file(src: str | Path, dst: str | Path, model: str | Path | None = None, backend: str = "auto",
+                 offline: bool = False, progress: bool | None = None) -> dict:
+    """Enhance ``src`` into ``dst``; returns what was done (samples, rate, mics, model)."""
+    src, dst = Path(src), Path(dst)
+    if _format_for(dst) is None:
+        raise EnhanceError(f"{dst}: unknown output format {dst.suffix!r}; use .wav or .flac")
+    loaded = load(model or default_model(), backend=backend)
+    with open_input(src, loaded.max_mics) as source:
+        rate, mics, frames = source.samplerate, source.channels, source.frames
+        partial = dst.with_name(f".{dst.name}.partial")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with sf.SoundFile(str(partial), "w", rate, 1, output_subtype(source, dst), format=_format_for(dst)) as sink:
+                if offline:
+                    sink.write(_offline(loaded, source, src))
+                else:
+                    _streamed(loaded, source, sink, src, progress)
+            partial.replace(dst)
+        finally:
+            partial.unlink(missing_ok=True)
+    return {"input": str(src), "output": str(dst), "samples": frames, "sample_rate": rate, "mics": mics,
+            "model": str(getattr(loaded, "path", "")), "backend": type(loaded).__name__, "offline": offline}
+
+
+def _blocks(source: sf.SoundFile, src: Path, block: int):
+    position = 0
+    while True:
+        try:
+            data = source.read(block, dtype="float32", always_2d=True)
+        except Exception as err:  # a truncated or corrupt body
+            raise EnhanceError(f"{src}: cannot read past sample {position} ({str(err).splitlines()[0]})") from None
+        if data.shape[0] == 0:
+            return
+        yield position, np.ascontiguousarray(data.T)
+        position += data.shape[0]
+
+
+def _streamed(loaded, source: sf.SoundFile, sink: sf.SoundFile, src: Path, progress: bool | None) -> None:
+    engine = AtRate(StreamingEnhancer(loaded, source.channels), source.samplerate)
+    block = int(BLOCK_SECONDS * source.samplerate)
+    bar = _progress(source, progress)
+    for position, chunk in _blocks(source, src, block):
+        try:
+            sink.write(engine.process(chunk))
+        except ValueError as err:
+            raise EnhanceError(f"{src}: samples {position}–{position + chunk.shape[1]}: {err}") from None
+        if bar is not None:
+            bar.update(chunk.shape[1] / source.samplerate)
+    sink.write(engine.flush())
+    if bar is not None:
+        bar.close()
+
+
+def _offline(loaded, source: sf.SoundFile, src: Path) -> np.ndarray:
+    audio = np.concatenate([chunk for _, chunk in _blocks(source, src, source.frames)], axis=1)
+    try:
+        StreamingEnhancer(loaded, source.channels).check(audio)
+    except ValueError as err:
+        raise EnhanceError(f"{src}: {err}") from None
+    at_model = resample(audio, source.samplerate, loaded.sample_rate)
+    count, hop, delay = at_model.shape[1], loaded.hop, loaded.delay_samples
+    padded = -(-(count + delay) // hop) * hop  # room for the delayed tail, a whole number of hops
+    enhanced = loaded.offline(np.pad(at_model, ((0, 0), (0, padded - count))))[delay : delay + count]
+    out = resample(enhanced[None], loaded.sample_rate, source.samplerate)[0]
+    return np.pad(out, (0, max(0, source.frames - out.size)))[: source.frames]
+
+
+def _progress(source: sf.SoundFile, progress: bool | None):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=round(source.frames / source.samplerate, 2), unit="s", desc="enhance",
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")

@@ -1,0 +1,8 @@
+"""ONNX export of a trained model: the streaming step graph (state in, state out), the offline
+graph, and a card that names every tensor. ``export_model`` verifies both graphs in
+onnxruntime against PyTorch before it writes anything."""
+
+from .exporter import ExportError, export_model
+from .step_graph import StateSpec
+
+__all__ = ["ExportError", "StateSpec", "export_model"]

@@ -1,0 +1,161 @@
+"""``speechnorm export CKPT -o DIR``: the streaming step and offline graphs, verified, with their card.
+
+Writes into DIR:
+- ``model.onnx``: the step graph (``step_graph.py``); its metadata (key ``speechnorm``) holds the
+  card below plus every state's initial value, so the file alone is enough to stream;
+- ``model_offline.onnx``: the whole-utterance graph (``offline_graph.py``);
+- ``card.json``: the fields of an existing card, plus an ``onnx`` section.
+
+Before anything is written, real recorded speech (``speechnorm/assets/real_speech``) is made
+multi-channel and streamed hop by hop through onnxruntime (the serving path,
+``speechnorm.stream``) and through PyTorch's ``step``, for 1, 4 and ``max_mics`` microphones, and
+the offline graph is run against ``model(audio)``. Above ``tolerance`` nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ..assets import REAL_SPEECH
+from ..models import SpectralEnhancer, count_parameters
+from ..models.checkpoint import load_model, resolve_checkpoint
+from .offline_graph import build_offline
+from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, OPSET, StateSpec, export_step, next_state_name, state_specs
+
+TOLERANCE = 1e-4
+VERIFY_SECONDS = 4.0
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes; nothing was written."""
+
+
+def verification_audio(mics: int, sample_rate: int, seconds: float = VERIFY_SECONDS) -> np.ndarray:
+    """Real speech as an M-mic signal: each mic a differently delayed copy plus a little noise (seeded)."""
+    from ..data.audio_io import read_audio
+
+    speech = read_audio(REAL_SPEECH, sample_rate)[0][0].numpy()
+    length = int(seconds * sample_rate)
+    start = int(6.5 * sample_rate)  # inside the conversation, past the opening silence
+    rng = np.random.default_rng(mics)
+    channels = []
+    for mic in range(mics):
+        delay = int(rng.integers(0, 8)) if mic else 0
+        clip = speech[start - delay : start - delay + length]
+        channels.append(clip + 0.01 * rng.standard_normal(length).astype(np.float32))
+    return np.stack(channels).astype(np.float32)
+
+
+def card_section(model: SpectralEnhancer, specs: list[StateSpec], max_mics: int, opset: int) -> dict:
+    return {
+        "sample_rate": model.sample_rate,
+        "hop_samples": model.hop,
+        "window_samples": model.stft.n_fft,
+        "delay_samples": model.delay_samples,
+        "latency_ms": model.latency_ms,
+        "mics": {"min": 1, "max": max_mics, "axis_name": MIC_AXIS_NAME, "reference": 0},
+        "opset": opset,
+        "step_graph": {
+            "file": "model.onnx",
+            "inputs": {AUDIO: [MIC_AXIS_NAME, model.hop], **{s.name: _symbolic(s) for s in specs}},
+            "outputs": {ENHANCED: [model.hop], **{next_state_name(i): _symbolic(s) for i, s in enumerate(specs)}},
+            "initial_state": "in the file's metadata (key 'speechnorm', field 'states'): each state's value for one "
+                             "mic, float32 base64, repeated mics times along mic_axis",
+        },
+        "offline_graph": {"file": "model_offline.onnx", "inputs": {AUDIO: [MIC_AXIS_NAME, "samples"]},
+                          "outputs": {ENHANCED: ["samples"]}, "samples": f"a multiple of {model.hop}"},
+    }
+
+
+def _symbolic(spec: StateSpec) -> list:
+    return [MIC_AXIS_NAME if axis == spec.mic_axis else size for axis, size in enumerate(spec.shape)]
+
+
+@torch.inference_mode()
+def verify(model: SpectralEnhancer, step_path: Path, mic_counts: list[int]) -> dict:
+    """Max |ONNX - PyTorch| over real speech, hop by hop and offline, per mic count."""
+    from ..stream.backends import OnnxModel
+
+    onnx_model = OnnxModel(step_path)
+    result = {}
+    for mics in mic_counts:
+        audio = verification_audio(mics, model.sample_rate)
+        onnx_stream, state = onnx_model.open(mics), model.initial_state(1, mics=mics)
+        streamed, step_diff = [], 0.0
+        for start in range(0, audio.shape[1] - model.hop + 1, model.hop):
+            hop = audio[:, start : start + model.hop]
+            expected, state = model.step(torch.from_numpy(hop)[None], state)
+            streamed.append(expected[0].numpy())
+            step_diff = max(step_diff, float(np.abs(onnx_stream.step(hop) - streamed[-1]).max()))
+        # The offline graph scans the step, so PyTorch's step scan is its truth (PyTorch's own
+        # forward == step scan is the models' contract, tested in tests/property).
+        offline = onnx_model.offline(audio[:, : len(streamed) * model.hop])
+        offline_diff = float(np.abs(offline - np.concatenate(streamed)).max())
+        result[str(mics)] = {"step": step_diff, "offline": offline_diff}
+    return result
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, max_mics: int = 16, opset: int = OPSET,
+                 tolerance: float = TOLERANCE) -> dict:
+    """Export, verify, then write; returns the card. Raises ExportError (nothing written) on a mismatch."""
+    if not 1 <= max_mics <= 64:
+        raise ValueError(f"max_mics must lie in [1, 64], got {max_mics}")
+    model, hparams = load_model(checkpoint)
+    specs = state_specs(model)
+    step_bytes = export_step(model, specs, opset=opset)
+    offline = build_offline(step_bytes, specs, model.hop)
+    out_dir = Path(out_dir)
+    card = _existing_card(out_dir)
+    card.setdefault("name", out_dir.resolve().name)
+    card.setdefault("model", {k: hparams.get(k) for k in ("model", "norm", "size", "model_config")})
+    card.setdefault("parameters", count_parameters(model))
+    section = card_section(model, specs, max_mics, opset)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        step = onnx.load_from_string(step_bytes)
+        metadata = {**section, "name": card["name"], "states": [s.to_json() for s in specs]}
+        onnx.helper.set_model_props(step, {"speechnorm": json.dumps(metadata)})
+        onnx.save(step, tmp / "model.onnx")
+        onnx.save(offline, tmp / "model_offline.onnx")
+        try:
+            diffs = verify(model, tmp / "model.onnx", sorted({1, min(4, max_mics), max_mics}))
+        except Exception as err:  # onnxruntime refusing the graph is a failed export too
+            raise ExportError(f"onnxruntime could not run the exported graphs: {err}") from err
+        worst = max(max(d.values()) for d in diffs.values())
+        if not worst <= tolerance:
+            raise ExportError(f"exported graphs differ from PyTorch by {worst:.3g} > {tolerance:g} ({diffs}); nothing written")
+        section["verification"] = {
+            "utterance": "speechnorm/assets/real_speech/conversation.flac, 4 s, mics = delayed copies + noise",
+            "max_abs_diff": diffs, "tolerance": tolerance, "runtime": "onnxruntime " + _ort_version(),
+        }
+        card["onnx"] = section
+        card.setdefault("sample_rate", model.sample_rate)
+        card["checkpoint"] = resolve_checkpoint(checkpoint).name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("model.onnx", "model_offline.onnx"):
+            shutil.move(tmp / name, out_dir / name)
+    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def _existing_card(out_dir: Path) -> dict:
+    path = out_dir / "card.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it") from None
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__

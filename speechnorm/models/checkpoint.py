@@ -1,0 +1,51 @@
+"""Load a trained model from a training checkpoint or a released model folder, without the
+training code: the checkpoint's hyper-parameters name the model, its ``model.*`` weights fill it.
+
+    model, info = load_model("models/tac_gru_online_small")   # or runs/.../last.ckpt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import SpectralEnhancer
+from .registry import build
+
+MODEL_PREFIX = "model."
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file, or a folder holding ``model.ckpt``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (give a .ckpt file or a folder holding model.ckpt)")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a speechnorm training checkpoint (no state_dict)")
+    return checkpoint
+
+
+def load_model(path: str | Path) -> tuple[SpectralEnhancer, dict]:
+    """The model in eval mode, and the checkpoint's hyper-parameters (model name, norm, size, config)."""
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    try:
+        model = build(hparams.get("model", "tac_gru"), norm=hparams.get("norm", "online"),
+                      size=hparams.get("size", "small"), **(hparams.get("model_config") or {}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{resolve_checkpoint(path)}: cannot rebuild its model ({err})") from None
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    model.load_state_dict(weights)
+    return model.eval(), hparams
