@@ -75,6 +75,17 @@ def _enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .enhance import default_model
+    from .server import Limits, serve
+
+    limits = Limits(max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+                    idle_timeout_s=args.idle_timeout)
+    serve(args.model or default_model(), host=args.host, port=args.port, limits=limits, backend=args.backend,
+          workers=args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speechnorm",
@@ -106,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
     enhance.set_defaults(run=_enhance)
+    serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
+    serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small)")
+    serve.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--max-connections", type=int, default=32)
+    serve.add_argument("--max-message-bytes", type=int, default=1 << 20)
+    serve.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a message before a stream is closed")
+    serve.add_argument("--workers", type=int, default=None, help="threads running the model (default: CPU count)")
+    serve.set_defaults(run=_serve)
     commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
                         add_help=False)
     models = commands.add_parser("models", help="list the registered models, their sizes, parameters and streaming speed")
