@@ -72,6 +72,14 @@ def _enhance(args: argparse.Namespace) -> int:
     done = enhance_file(args.input, args.output, model=args.model, backend=args.backend, offline=args.offline)
     seconds = done["samples"] / done["sample_rate"]
     print(f"enhanced {done['input']} ({done['mics']} mics, {done['sample_rate']} Hz, {seconds:.1f} s) -> {done['output']}")
+    if args.reference:
+        from .enhance import score_against
+
+        scores = score_against(args.input, args.output, args.reference)
+        print(f"against {args.reference}:")
+        print("  metric   noisy (mic 0)  enhanced")
+        for metric in ("si_sdr", "pesq", "stoi"):
+            print(f"  {metric:<7} {scores['noisy'][metric]:>13.2f}  {scores['enhanced'][metric]:>8.2f}")
     return 0
 
 
@@ -116,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small)")
     enhance.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
+    enhance.add_argument("--reference", default=None, help="a clean reference file: print SI-SDR, PESQ and STOI before and after")
     enhance.set_defaults(run=_enhance)
     serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
     serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small)")

@@ -138,3 +138,20 @@ def _progress(source: sf.SoundFile, progress: bool | None):
 
     return tqdm(total=round(source.frames / source.samplerate, 2), unit="s", desc="enhance",
                 bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+
+
+def score_against(noisy: str | Path, enhanced: str | Path, clean: str | Path) -> dict:
+    """SI-SDR, wide-band PESQ and STOI of the noisy reference mic and of the enhanced file against
+    ``clean`` (all at the clean file's rate, cut to the shortest)."""
+    import torch
+
+    from .data.audio_io import read_audio
+    from .task import quality_metrics
+
+    reference, rate = read_audio(clean, check_clipping=False)
+    signals = {"noisy": read_audio(noisy, rate, check_clipping=False)[0][0],
+               "enhanced": read_audio(enhanced, rate, check_clipping=False)[0][0]}
+    length = min(reference.shape[-1], *(s.shape[-1] for s in signals.values()))
+    if rate not in (8000, 16000):  # PESQ's rates
+        raise EnhanceError(f"{clean}: scoring needs a 16 kHz (or 8 kHz) reference, got {rate} Hz")
+    return {who: quality_metrics(s[:length].to(torch.float32), reference[0, :length], rate) for who, s in signals.items()}

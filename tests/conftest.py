@@ -52,3 +52,32 @@ def tiny_corpus(tmp_path_factory):
 def _mk(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def save_checkpoint(path, name="tac_gru", norm="online", **config):
+    """A checkpoint as training writes it (hyper-parameters + ``model.*`` weights) of an untrained
+    model whose normalizer statistics are perturbed away from their initial values."""
+    from speechnorm.models import build
+
+    model = build(name, norm=norm, size="small", **config)
+    with torch.no_grad():
+        for key, buffer in model.named_buffers():
+            if key.endswith("running_mean"):
+                buffer.normal_(0, 0.5)
+            elif key.endswith(("running_var", "running_moment")):
+                buffer.uniform_(0.5, 2.0)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": name, "norm": norm, "size": "small", "model_config": config or None}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A small TAC-GRU (hidden 32) exported to ONNX: (folder, checkpoint path)."""
+    from speechnorm.export import export_model
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(1)
+    checkpoint = save_checkpoint(root / "model.ckpt", hidden=32, layers=1)
+    export_model(checkpoint, root, max_mics=6)
+    return root, checkpoint
