@@ -1,22 +1,45 @@
 """Streaming speed: per-hop latency and real-time factor of each model's step on one CPU thread.
 
-    python scripts/bench_stream.py                        # eager torch, every model, small and base, M = 1, 4, 8
-    python scripts/bench_stream.py --backend torchscript  # the same step traced and frozen
+    python scripts/bench_stream.py                              # every backend, every model and size, M = 1, 4, 8
+    python scripts/bench_stream.py --backend onnx --models tac_gru --sizes small
 
-RTF = median time per hop / hop duration (10 ms); below 1 is faster than real time. The
-torchscript backend traces ``step`` (a pure function of hop and state) once per model and mic
-count; tracing drops the step's per-frame NaN check, so it is a speed measurement, not a
-serving path.
+Backends: ``torch`` (eager ``model.step``), ``torchscript`` (the same step traced and frozen; a
+speed reference, not a serving path: tracing drops the per-frame NaN check) and ``onnx`` (the
+exported step graph in onnxruntime through ``speechnorm.stream``, the serving path, with its
+IO binding; the engine checks each hop for NaN before the graph). Untrained weights: speed does
+not depend on them. RTF = median time per hop / hop duration (10 ms); the last column is each
+row's speed-up over eager torch for the same model and mic count, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
 
+import numpy as np
 import torch
 
+from speechnorm.export import export_module
 from speechnorm.models import available, build, count_parameters
 from speechnorm.models.speed import step_timings, summarize, traced_step
+from speechnorm.stream import OnnxModel
+
+BACKENDS = ("torch", "torchscript", "onnx")
+
+
+def onnx_timings(model, mics: int, hops: int, warmup: int = 20) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        export_module(model, tmp, max_mics=max(8, mics))
+        stream = OnnxModel(f"{tmp}/model.onnx", threads=1).open(mics)
+        audio = (0.1 * np.random.default_rng(0).standard_normal((mics, model.hop))).astype(np.float32)
+        timings = []
+        for i in range(warmup + hops):
+            start = time.perf_counter()
+            stream.step(audio)
+            if i >= warmup:
+                timings.append(time.perf_counter() - start)
+        return timings
 
 
 def main(argv=None):
@@ -24,20 +47,30 @@ def main(argv=None):
     parser.add_argument("--hops", type=int, default=300)
     parser.add_argument("--mics", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--backend", choices=("torch", "torchscript"), default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, nargs="+", default=list(BACKENDS))
+    parser.add_argument("--models", nargs="+", default=sorted(available()))
+    parser.add_argument("--sizes", nargs="+", default=["small", "base"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# streaming step, {args.backend} backend, {args.threads} thread(s), torch {torch.__version__}, {args.hops} hops\n")
-    print("| model | size | params | mics | median ms/hop | p99 ms/hop | RTF |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, spec in sorted(available().items()):
-        for size in spec.sizes:
-            model = build(name, size=size)
+    print(f"# streaming step, {args.threads} thread(s), torch {torch.__version__}, {args.hops} hops\n")
+    print("| model | size | params | mics | backend | median ms/hop | p99 ms/hop | RTF | × eager torch |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
+    for name in args.models:
+        for size in [s for s in available()[name].sizes if s in args.sizes]:
+            model = build(name, size=size).eval()
             for mics in args.mics:
-                step = traced_step(model, mics) if args.backend == "torchscript" else None
-                s = summarize(model, step_timings(model, mics=mics, hops=args.hops, step=step))
-                print(f"| {name} | {size} | {count_parameters(model):,} | {mics} | {s['median_ms']:.2f} | "
-                      f"{s['p99_ms']:.2f} | {s['rtf']:.3f} |")
+                eager = None
+                for backend in ["torch", *[b for b in args.backend if b != "torch"]]:
+                    if backend == "onnx":
+                        timings = onnx_timings(model, mics, args.hops)
+                    else:
+                        step = traced_step(model, mics) if backend == "torchscript" else None
+                        timings = step_timings(model, mics=mics, hops=args.hops, step=step)
+                    s = summarize(model, timings)
+                    eager = eager or s["median_ms"]
+                    if backend in args.backend:
+                        print(f"| {name} | {size} | {count_parameters(model):,} | {mics} | {backend} | {s['median_ms']:.3f} | "
+                              f"{s['p99_ms']:.3f} | {s['rtf']:.3f} | {eager / s['median_ms']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 graph, and a card that names every tensor. ``export_model`` verifies both graphs in
 onnxruntime against PyTorch before it writes anything."""
 
-from .exporter import ExportError, export_model
+from .exporter import ExportError, export_model, export_module
 from .step_graph import StateSpec
 
-__all__ = ["ExportError", "StateSpec", "export_model"]
+__all__ = ["ExportError", "StateSpec", "export_model", "export_module"]

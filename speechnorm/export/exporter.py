@@ -104,18 +104,29 @@ def verify(model: SpectralEnhancer, step_path: Path, mic_counts: list[int]) -> d
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, max_mics: int = 16, opset: int = OPSET,
                  tolerance: float = TOLERANCE) -> dict:
-    """Export, verify, then write; returns the card. Raises ExportError (nothing written) on a mismatch."""
+    """Export a checkpoint, verify, then write; returns the card. Raises ExportError (nothing written) on a mismatch."""
+    model, hparams = load_model(checkpoint)
+    out_dir = Path(out_dir)
+    card = _existing_card(out_dir)
+    card.setdefault("model", {k: hparams.get(k) for k in ("model", "norm", "size", "model_config")})
+    card["checkpoint"] = resolve_checkpoint(checkpoint).name
+    return export_module(model, out_dir, card, max_mics=max_mics, opset=opset, tolerance=tolerance)
+
+
+def export_module(model: SpectralEnhancer, out_dir: str | Path, card: dict | None = None, max_mics: int = 16,
+                  opset: int = OPSET, tolerance: float = TOLERANCE) -> dict:
+    """Export a model instance (eval mode) into ``out_dir``; ``card`` holds the fields to keep beside ``onnx``."""
     if not 1 <= max_mics <= 64:
         raise ValueError(f"max_mics must lie in [1, 64], got {max_mics}")
-    model, hparams = load_model(checkpoint)
+    model = model.eval()
     specs = state_specs(model)
     step_bytes = export_step(model, specs, opset=opset)
     offline = build_offline(step_bytes, specs, model.hop)
     out_dir = Path(out_dir)
-    card = _existing_card(out_dir)
+    card = dict(card or {})
     card.setdefault("name", out_dir.resolve().name)
-    card.setdefault("model", {k: hparams.get(k) for k in ("model", "norm", "size", "model_config")})
     card.setdefault("parameters", count_parameters(model))
+    card.setdefault("sample_rate", model.sample_rate)
     section = card_section(model, specs, max_mics, opset)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -136,8 +147,6 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, max_mics: int = 16
             "max_abs_diff": diffs, "tolerance": tolerance, "runtime": "onnxruntime " + _ort_version(),
         }
         card["onnx"] = section
-        card.setdefault("sample_rate", model.sample_rate)
-        card["checkpoint"] = resolve_checkpoint(checkpoint).name
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in ("model.onnx", "model_offline.onnx"):
             shutil.move(tmp / name, out_dir / name)

@@ -13,7 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
     ("script", "args", "expect"),
     [
         ("bench_norm.py", ["--quick", "--repeats", "1"], "reference loop / OnlineNorm core"),
-        ("bench_stream.py", ["--hops", "3", "--mics", "2"], "| tac_gru | small |"),
+        ("bench_stream.py", ["--hops", "3", "--mics", "2", "--models", "tac_gru", "--sizes", "small"], "| 2 | onnx |"),
         ("bench_train_step.py", ["--seconds", "0.2", "--repeats", "1", "--batch", "1", "--mics", "2",
                                  "--norms", "batch", "online"], "| tac_crn | online |"),
     ],

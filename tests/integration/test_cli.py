@@ -44,6 +44,8 @@ def test_bad_arguments_exit_2_with_one_line():
     done = speechnorm_cli("demo", "--frames", "zero")
     assert done.returncode == 2 and "invalid int value" in done.stderr
     done = speechnorm_cli("enhance")
+    assert done.returncode == 2 and "required: input, -o/--output" in done.stderr
+    done = speechnorm_cli("frobnicate")
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
 

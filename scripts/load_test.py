@@ -1,0 +1,101 @@
+"""How many concurrent real-time streams does `speechnorm serve` sustain on this machine?
+
+    python scripts/load_test.py                       # N = 1, 2, 4, 8, ... until a run has underruns
+    python scripts/load_test.py --streams 4 8 --seconds 20 --mics 4
+
+Starts the server as a subprocess (its own process, its own cores), then N clients in this
+process, each sending the bundled example at real-time pace in 10 ms messages (a live
+microphone). A reply later than its playback deadline (sent time + a 40 ms playback buffer) is an
+underrun. Prints, per N: underruns, round-trip latency p50/p99 over all messages, and the
+server's own per-message compute latency from /health. Clients and server share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import numpy as np
+import soundfile as sf
+
+from speechnorm.assets import EXAMPLE
+from speechnorm.client import stream_audio
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_healthy(url: str, seconds: float = 60.0) -> None:
+    deadline = time.time() + seconds
+    async with aiohttp.ClientSession() as client:
+        while time.time() < deadline:
+            try:
+                if (await client.get(url)).status == 200:
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the server did not come up")
+
+
+async def run_streams(url: str, audio: np.ndarray, rate: int, streams: int, buffer_ms: float) -> dict:
+    results = await asyncio.gather(*(stream_audio(url, audio, rate, realtime=True, playback_buffer_ms=buffer_ms)
+                                     for _ in range(streams)), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    latencies = np.concatenate([r.latencies_ms for r in ok]) if ok else np.zeros(1)
+    return {"streams": streams, "failed": len(failed), "underruns": sum(r.underruns for r in ok),
+            "messages": int(latencies.size), "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=None, help="stream counts to try (default: doubling)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
+    parser.add_argument("--mics", type=int, default=4)
+    parser.add_argument("--buffer-ms", type=float, default=40.0, help="the client's playback buffer")
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args(argv)
+    audio, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
+    audio = np.ascontiguousarray(np.tile(audio.T[: args.mics], (1, int(np.ceil(args.seconds * rate / audio.shape[0]))))
+                                 [:, : int(args.seconds * rate)])
+    port = free_port()
+    command = [sys.executable, "-m", "speechnorm", "serve", "--port", str(port), "--max-connections", "256"]
+    if args.model:
+        command += ["--model", args.model]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(wait_healthy(f"http://127.0.0.1:{port}/health"))
+        print(f"# {args.mics}-mic streams of {args.seconds:g} s at real-time pace, 10 ms messages, "
+              f"{args.buffer_ms:g} ms playback buffer; {os.cpu_count()} CPUs shared by server and clients\n")
+        print("| streams | underruns | failed | messages | round trip p50 ms | p99 ms |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        counts = args.streams or [2**k for k in range(0, 8)]
+        sustained = 0
+        for n in counts:
+            r = asyncio.run(run_streams(f"ws://127.0.0.1:{port}/ws", audio, rate, n, args.buffer_ms))
+            print(f"| {n} | {r['underruns']} | {r['failed']} | {r['messages']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |", flush=True)
+            if r["underruns"] or r["failed"]:
+                if args.streams is None:
+                    break
+            else:
+                sustained = max(sustained, n)
+        print(f"\nsustained without underruns: {sustained} concurrent {args.mics}-mic streams")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
