@@ -24,7 +24,10 @@ AUDIO_SUFFIXES = {".wav", ".flac"}
 
 
 def split_of(path: Path) -> str:
-    fraction = int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    """The split of a file, by a stable hash of its name. Variants named ``STEM__VARIANT.ext``
+    (e.g. speed-perturbed copies) hash as ``STEM``, so one recording never straddles two splits."""
+    group = path.name.split("__")[0]
+    fraction = int(hashlib.sha1(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return next(name for name, (low, high) in SPLITS.items() if low <= fraction < high or (high == 1.0 and fraction == 1.0))
 
 

@@ -18,7 +18,8 @@ class EnhancementDataModule(L.LightningDataModule):
 
     Args:
         clean_dir, noise_dir: folders of clean speech and of noise (.wav/.flac, recursive). Leave
-            both unset to build and use the synthetic corpus in ``synthetic_dir``.
+            both unset to build and use the built-in corpus in ``synthetic_dir``: espeak-ng speech,
+            plus real recorded speech unless ``real_speech`` is off (``speechnorm.data.synthetic``).
         train_items, val_items, test_items: items per split (test_unseen has ``test_items``).
         seconds: length of an item. batch_size: items per batch (1 is fine for Online Norm).
         snr_db, t60: the ranges mixtures are drawn from. seed: fixes every item of every split.
@@ -30,7 +31,7 @@ class EnhancementDataModule(L.LightningDataModule):
 
     def __init__(
         self, clean_dir: str | None = None, noise_dir: str | None = None,
-        synthetic_dir: str = ".cache/synthetic_corpus", synthetic_utterances: int = 120,
+        synthetic_dir: str = ".cache/synthetic_corpus", synthetic_utterances: int = 120, real_speech: bool = True,
         train_items: int = 2000, val_items: int = 64, test_items: int = 64, seconds: float = 2.0,
         batch_size: int = 8, num_workers: int = 0, seed: int = 0,
         snr_db: tuple[float, float] = (-5.0, 15.0), t60: tuple[float, float] = (0.15, 0.7),
@@ -46,7 +47,8 @@ class EnhancementDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.clean_dir is not None:
             return Path(hp.clean_dir), Path(hp.noise_dir)
-        root = synthetic.build(hp.synthetic_dir, utterances=hp.synthetic_utterances, seed=hp.seed)
+        root = synthetic.build(hp.synthetic_dir, utterances=hp.synthetic_utterances, seed=hp.seed,
+                               real_speech=hp.real_speech)
         return root / "clean", root / "noise"
 
     def prepare_data(self) -> None:

@@ -1,7 +1,10 @@
-"""A built-in corpus for machines without one: espeak-ng speech and generated noises.
+"""A built-in corpus for machines without one: espeak-ng speech, real recorded speech, generated noises.
 
 Speech: sentences drawn from a word list, spoken by espeak-ng in several voices and languages
-with varied rate and pitch. Noise: white, pink and brown noise, mains hum with harmonics,
+with varied rate and pitch; and (``real_speech``) the turns of the real conversation shipped in
+``speechnorm/assets/real_speech`` that start after ``HELD_OUT_SECONDS`` (the start is held out
+for the bundled example and export verification), in pieces of at most 3 s, each also speed-
+perturbed by 0.9 and 1.1 (named ``STEM__sSPEED`` so that a piece's variants share a split). Noise: white, pink and brown noise, mains hum with harmonics,
 transient clicks, and babble (several other utterances summed). Everything is seeded, so a
 build is reproducible; it is written once into a folder and reused.
 """
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from .audio_io import read_audio, write_audio
+from .resample import resample
 
 SAMPLE_RATE = 16_000
 VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en+f3", "en-us+f2", "en+m3", "de", "fr", "es", "it", "nl"]
@@ -71,12 +75,42 @@ def clicks(rng: np.random.Generator, samples: int) -> torch.Tensor:
     return torch.from_numpy(out / out.std()).float()
 
 
-def build(root: str | Path, utterances: int = 120, noises_per_kind: int = 4, seed: int = 0) -> Path:
-    """Write ``root/clean/*.wav`` and ``root/noise/*.wav`` unless a complete build is there."""
+HELD_OUT_SECONDS = 14.5
+PIECE_SECONDS = 3.0
+SPEEDS = (0.9, 1.0, 1.1)
+
+
+def real_speech_pieces() -> list[tuple[str, torch.Tensor]]:
+    """(name, audio) for every piece of the real conversation's turns after the held-out start."""
+    from ..assets import REAL_SPEECH
+
+    audio = read_audio(REAL_SPEECH, SAMPLE_RATE)[0][0]
+    turns = []
+    for line in REAL_SPEECH.with_suffix(".rttm").read_text().splitlines():
+        fields = line.split()
+        start, duration = float(fields[3]), float(fields[4])
+        if start + duration > HELD_OUT_SECONDS:
+            turns.append((max(start, HELD_OUT_SECONDS), start + duration))
+    pieces = []
+    for index, (start, end) in enumerate(sorted(turns)):
+        for k, piece_start in enumerate(np.arange(start, end - 0.5, PIECE_SECONDS)):
+            piece = audio[int(piece_start * SAMPLE_RATE) : int(min(end, piece_start + PIECE_SECONDS) * SAMPLE_RATE)]
+            for speed in SPEEDS:
+                varied = torch.from_numpy(resample(piece[None].numpy(), round(SAMPLE_RATE * speed), SAMPLE_RATE)[0])
+                pieces.append((f"real_{index:02d}_{k}__s{speed:.1f}", 0.5 * varied / (varied.abs().max() + 1e-9)))
+    return pieces
+
+
+def build(root: str | Path, utterances: int = 120, noises_per_kind: int = 4, seed: int = 0, real_speech: bool = True) -> Path:
+    """Write ``root/clean/*.wav`` and ``root/noise/*.wav`` unless a build with these settings is there."""
     root = Path(root)
     done = root / ".complete"
-    if done.exists():
+    settings = f"utterances={utterances} noises_per_kind={noises_per_kind} seed={seed} real_speech={real_speech}\n"
+    if done.exists() and done.read_text() == settings:
         return root
+    for folder in ("clean", "noise"):  # another build's files must not mix into this one
+        shutil.rmtree(root / folder, ignore_errors=True)
+    done.unlink(missing_ok=True)
     exe = require_espeak()
     rng = np.random.default_rng(seed)
     speech = []
@@ -87,6 +121,9 @@ def build(root: str | Path, utterances: int = 120, noises_per_kind: int = 4, see
         audio = 0.5 * audio / (audio.abs().max() + 1e-9)
         speech.append(audio)
         write_audio(root / "clean" / f"synth_{i:04d}_{voice.replace('+', '_')}.wav", audio, SAMPLE_RATE)
+    if real_speech:
+        for name, audio in real_speech_pieces():
+            write_audio(root / "clean" / f"{name}.wav", audio, SAMPLE_RATE)
     seconds = 8
     samples = seconds * SAMPLE_RATE
     kinds = {
@@ -101,7 +138,7 @@ def build(root: str | Path, utterances: int = 120, noises_per_kind: int = 4, see
         for j in range(noises_per_kind):
             noise = make()
             write_audio(root / "noise" / f"{kind}_{j:02d}.wav", 0.3 * noise / (noise.abs().max() + 1e-9), SAMPLE_RATE)
-    done.write_text(f"utterances={utterances} noises_per_kind={noises_per_kind} seed={seed}\n")
+    done.write_text(settings)
     return root
 
 

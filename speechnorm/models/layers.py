@@ -40,6 +40,11 @@ class Pointwise(Streamable):
         last = x.dim() - 1  # a positive axis: the ONNX exporter mistranslates movedim(1, -1)
         return self.linear(x.movedim(1, last)).movedim(last, 1)
 
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        if x_t.dim() == 2:  # (B, C): the linear map itself, no layout changes (fewer ops per hop)
+            return self.linear(x_t), state
+        return self.forward(x_t), state
+
 
 class Activation(Streamable):
     """PReLU with one slope per channel."""
@@ -50,6 +55,9 @@ class Activation(Streamable):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(x)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.act(x_t), state  # per channel on axis 1, whatever the rank
 
 
 class CausalConv1d(nn.Module):
@@ -135,8 +143,8 @@ class GRU(nn.Module):
 
         Traced for export, the module itself runs on a one-frame sequence: one ONNX GRU node."""
         if torch.jit.is_tracing():
-            out, hidden_state = self.gru(x_t.unsqueeze(1), state[0])
-            return out.squeeze(1), (hidden_state,)
+            _, hidden_state = self.gru(x_t.unsqueeze(1), state[0])
+            return hidden_state[-1], (hidden_state,)  # the last layer's new state is the output
         hidden = []
         for layer in range(self.gru.num_layers):
             weights = [getattr(self.gru, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -257,4 +265,9 @@ class TAC(Streamable):
         return x + self.concat(torch.cat((per_mic, shared), dim=-1)).movedim(last, 2)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.forward(x_t.unsqueeze(3)).squeeze(3), state
+        """(B, M, C) or (B, M, C, F) -> the same shape."""
+        if x_t.dim() == 4:
+            return self.forward(x_t.unsqueeze(3)).squeeze(3), state
+        per_mic = self.transform(x_t)  # (B, M, H): channels are already last
+        shared = self.average(per_mic.mean(dim=1, keepdim=True)).expand_as(per_mic)
+        return x_t + self.concat(torch.cat((per_mic, shared), dim=-1)), state

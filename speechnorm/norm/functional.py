@@ -209,6 +209,11 @@ def online_norm_step(x_t: Tensor, mu: Tensor, var: Tensor, alpha: float, eps: fl
     Returns:
         y_t (P, C, D), μ_t, σ²_t (P, C).
     """
+    if x_t.shape[-1] == 1:  # one component (recurrent features): its mean is itself, its variance zero
+        delta = x_t.squeeze(-1) - mu
+        require_finite(delta, "OnlineNorm.step")
+        y_t = (delta * torch.rsqrt(var + eps)).unsqueeze(-1)
+        return y_t, mu + (1.0 - alpha) * delta, alpha * (var + (1.0 - alpha) * delta.square())
     var_x, mean_x = torch.var_mean(x_t, dim=-1, correction=0)  # one frame: two-pass is cheap, and branch-free
     require_finite(mean_x + var_x, "OnlineNorm.step")
     inv_std = torch.rsqrt(var + eps)

@@ -151,13 +151,15 @@ class OnlineNorm(SequenceNorm):
         self.running_var.copy_(var.mean(dim=0) + mu.var(dim=0, correction=0))
 
     def _affine_ecm(self, y: Tensor) -> Tensor:
-        """γ · y + β, then error compensation per sample, on the canonical (P, C, L, D) layout."""
+        """γ · y + β, then error compensation per sample, on the canonical (P, C, L, D) layout or
+        on one frame (P, C, D); a sample is one (C, D) slice either way."""
         h = y
         if self.affine:
-            h = torch.addcmul(channel_view(self.bias, 4), h, channel_view(self.weight, 4))
+            h = torch.addcmul(channel_view(self.bias, h.dim()), h, channel_view(self.weight, h.dim()))
         differentiable = torch.is_grad_enabled() and h.requires_grad and not torch.jit.is_tracing()
         if self.ecm == "ls":
-            h = LayerScaling.apply(h, (1, 3), self.eps) if differentiable else fn.layer_scaling_fwd(h, (1, 3), self.eps)[0]
+            dims = (1, h.dim() - 1)
+            h = LayerScaling.apply(h, dims, self.eps) if differentiable else fn.layer_scaling_fwd(h, dims, self.eps)[0]
         elif self.ecm == "ac":
             h = ActivationClamp.apply(h, CLAMP_LIMIT) if differentiable else h.clamp(-CLAMP_LIMIT, CLAMP_LIMIT)
         return h
@@ -180,7 +182,7 @@ class OnlineNorm(SequenceNorm):
         if frame.dtype in _LOW_PRECISION:
             frame = frame.float()
         y, new_mu, new_var = fn.online_norm_step(frame, mu, var, self.alpha_fwd, self.eps)
-        out = self._affine_ecm(y.unsqueeze(2)).squeeze(2)
+        out = self._affine_ecm(y)
         if out.dtype != x_t.dtype:
             out = out.to(x_t.dtype)
         return (out.squeeze(-1) if x_t.dim() == 2 else out), (new_mu, new_var)

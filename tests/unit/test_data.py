@@ -1,6 +1,7 @@
 """Audio files, corpora and simulated mixtures."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_synthetic_corpus_builds(tmp_path):
 
     if synthetic.shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make system-deps)")
-    root = synthetic.build(tmp_path / "synth", utterances=2, noises_per_kind=1)
+    root = synthetic.build(tmp_path / "synth", utterances=2, noises_per_kind=1, real_speech=False)
     clean = sorted((root / "clean").glob("*.wav"))
     noises = sorted((root / "noise").glob("*.wav"))
     assert len(clean) == 2 and len(noises) == 6
@@ -128,6 +129,28 @@ def test_synthetic_corpus_builds(tmp_path):
         audio, rate = read_audio(path)
         assert rate == 16000 and audio.shape[1] > 8000
     assert sf.info(str(clean[0])).samplerate == 16000
+    # other settings rebuild the folder: now with the real conversation's pieces, and nothing stale
+    root = synthetic.build(tmp_path / "synth", utterances=1, noises_per_kind=1, real_speech=True)
+    names = sorted(p.stem for p in (root / "clean").glob("*.wav"))
+    assert len([n for n in names if n.startswith("synth_")]) == 1 and any(n.startswith("real_") for n in names)
+
+
+def test_real_speech_pieces_come_from_after_the_held_out_start_and_keep_their_split():
+    from speechnorm.assets import REAL_SPEECH
+    from speechnorm.data.corpus import split_of
+    from speechnorm.data.synthetic import HELD_OUT_SECONDS, real_speech_pieces
+
+    recording = read_audio(REAL_SPEECH)[0][0].numpy()
+    pieces = real_speech_pieces()
+    originals = [(name, audio.numpy()) for name, audio in pieces if name.endswith("__s1.0")]
+    assert len(pieces) == 3 * len(originals) >= 3
+    for name, audio in originals:  # find where each unperturbed piece lies in the recording
+        head = audio[:400] / np.abs(audio[:400]).max()
+        scores = np.correlate(recording, head, mode="valid") / (np.sqrt(np.convolve(recording**2, np.ones(400), "valid")) + 1e-9)
+        assert np.argmax(scores) >= HELD_OUT_SECONDS * 16000 - 1, name
+    for name, _ in pieces:
+        stem = name.split("__")[0]
+        assert {split_of(Path(f"{stem}__s{s}.wav")) for s in ("0.9", "1.0", "1.1")} == {split_of(Path(name + ".wav"))}
 
 
 def test_large_rooms_with_short_t60_are_simulated_not_refused():
