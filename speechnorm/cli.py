@@ -49,7 +49,7 @@ def _models(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    result = evaluate(args.checkpoint, split=args.split, out=args.out, items=args.items)
+    result = evaluate(args.checkpoint, split=args.split, out=args.out, items=args.items, backend=args.backend)
     print((Path(args.out) / "metrics.md").read_text(), end="")
     print(f"wrote {args.out}/metrics.json, metrics.md and {min(3, result['items'])} spectrogram PNGs")
     return 0
@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     norms = commands.add_parser("norms", help="list the registered normalizers and whether they stream")
     norms.set_defaults(run=_norms)
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a split, vs the noisy input")
-    evaluate.add_argument("checkpoint", help="a .ckpt file, or a released model folder (models/NAME)")
+    evaluate.add_argument("checkpoint", help="a .ckpt file, a released model folder (models/NAME) or an exported .onnx")
+    evaluate.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                          help="onnx: run a folder's exported graph in onnxruntime (auto: by the path)")
     evaluate.add_argument("--split", default="test", choices=("val", "test", "test_unseen"))
     evaluate.add_argument("--out", default="evaluation", help="folder for metrics.json, metrics.md and PNGs")
     evaluate.add_argument("--items", type=int, default=None, help="evaluate only the first N items")

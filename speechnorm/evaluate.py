@@ -1,7 +1,10 @@
-"""`speechnorm evaluate CKPT --split test`: metrics of a trained model against its noisy input.
+"""`speechnorm evaluate MODEL --split test`: metrics of a trained model against its noisy input.
 
-Loads a Lightning checkpoint (or a released model folder holding ``model.ckpt``), rebuilds the
-recipe's data from the hyper-parameters stored in it, enhances every item of the split and
+MODEL is a Lightning checkpoint, a released model folder, or an exported ONNX step graph. A
+checkpoint runs in PyTorch, and its recipe's data is rebuilt from the hyper-parameters stored in
+it. An ONNX file (or a folder with ``--backend onnx``) runs in onnxruntime through the exported
+offline graph; its data settings come from the ``card.json`` beside it (``training.data``,
+written by ``scripts/release_model.py``). Every item of the split is enhanced. The command
 writes ``metrics.json`` (per item and means), ``metrics.md`` (noisy vs enhanced) and spectrogram
 PNGs (noisy reference mic / enhanced / clean target) of the first few items.
 """
@@ -16,21 +19,12 @@ from pathlib import Path
 import torch
 
 from .data.datamodule import EnhancementDataModule
+from .models.checkpoint import resolve_checkpoint
 from .task import EnhancementTask, dnsmos, quality_metrics
 
 METRICS = ("si_sdr", "pesq", "stoi", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 SPLITS = ("val", "test", "test_unseen")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.ckpt"
-    if path.suffix == ".onnx":
-        raise ValueError(f"{path}: evaluating an ONNX file needs the ONNX export, which is not built yet; give a .ckpt")
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return path
+BACKENDS = ("auto", "torch", "onnx")
 
 
 def load(path: str | Path) -> tuple[EnhancementTask, dict]:
@@ -52,13 +46,53 @@ def mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
-@torch.inference_mode()
-def evaluate(checkpoint: str | Path, split: str = "test", out: str | Path = "evaluation", items: int | None = None,
-             pictures: int = 3, data_overrides: dict | None = None) -> dict:
+class Runner:
+    """Enhances one item (M, N) -> (N,), output delayed by the model's fixed delay, in either backend."""
+
+    def __init__(self, path: str | Path, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        path = Path(path)
+        if backend == "onnx" or path.suffix == ".onnx":
+            self._load_onnx(path if path.suffix == ".onnx" else path / "model.onnx")
+        else:
+            self.onnx = None
+            self.task, self.data_hparams = load(path)
+            self.description = {**{k: self.task.hparams[k] for k in ("model", "norm", "size")}, "backend": "torch",
+                                "path": str(resolve_checkpoint(path))}
+            self.sample_rate, self.delay = self.task.model.sample_rate, self.task.model.delay_samples
+
+    def _load_onnx(self, onnx_file: Path) -> None:
+        from .stream import OnnxModel
+
+        if not onnx_file.is_file():
+            raise FileNotFoundError(f"no exported model at {onnx_file}; run `speechnorm export` first")
+        self.onnx = OnnxModel(onnx_file)
+        card_path = onnx_file.with_name("card.json")
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        if "data" not in card.get("training", {}):
+            raise ValueError(f"{card_path}: evaluating an ONNX file needs a card.json with training.data beside it")
+        self.data_hparams = _accepted(EnhancementDataModule, card["training"]["data"])
+        self.description = {**card.get("model", {}), "backend": "onnxruntime", "path": str(onnx_file)}
+        self.sample_rate, self.delay = self.onnx.sample_rate, self.onnx.delay_samples
+
+    @torch.inference_mode()
+    def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx.offline(noisy.numpy()))
+        return self.task(noisy[None])[0]
+
+    def aligned(self, estimate: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drop the fixed delay: estimate[n + delay] estimates target[n]."""
+        return estimate[..., self.delay :], target[..., : target.shape[-1] - self.delay]
+
+
+def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluation", items: int | None = None,
+             pictures: int = 3, data_overrides: dict | None = None, backend: str = "auto") -> dict:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    task, data_hparams = load(checkpoint)
-    data = EnhancementDataModule(**{**data_hparams, **(data_overrides or {})})
+    runner = Runner(model, backend)
+    data = EnhancementDataModule(**{**runner.data_hparams, **(data_overrides or {})})
     data.prepare_data()
     data.setup()
     dataset = data.datasets[split]
@@ -68,18 +102,18 @@ def evaluate(checkpoint: str | Path, split: str = "test", out: str | Path = "eva
     rows = []
     for index in range(count):
         noisy, target = dataset[index]
-        enhanced, aligned_target = task.aligned(task(noisy[None])[0], target)
+        enhanced, aligned_target = runner.aligned(runner(noisy), target)
         reference = noisy[0, : aligned_target.shape[-1]]
         row = {"item": index, "mics": noisy.shape[0]}
         for who, signal in (("noisy", reference), ("enhanced", enhanced)):
-            scores = {**quality_metrics(signal, aligned_target, task.model.sample_rate), **dnsmos(signal, task.model.sample_rate)}
+            scores = {**quality_metrics(signal, aligned_target, runner.sample_rate), **dnsmos(signal, runner.sample_rate)}
             row.update({f"{who}/{k}": v for k, v in scores.items()})
         rows.append(row)
         if index < pictures:
-            spectrograms(out / f"{split}_{index:03d}.png", reference, enhanced, aligned_target, task.model.sample_rate)
+            spectrograms(out / f"{split}_{index:03d}.png", reference, enhanced, aligned_target, runner.sample_rate)
     summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in METRICS}
-    result = {"checkpoint": str(resolve_checkpoint(checkpoint)), "split": split, "items": count,
-              "model": dict(task.hparams), "mean": summary, "per_item": rows}
+    result = {"checkpoint": runner.description["path"], "split": split, "items": count,
+              "model": runner.description, "mean": summary, "per_item": rows}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     (out / "metrics.md").write_text(markdown_table(result))
     return result

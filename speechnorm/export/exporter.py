@@ -25,7 +25,7 @@ import torch
 
 from ..assets import REAL_SPEECH
 from ..models import SpectralEnhancer, count_parameters
-from ..models.checkpoint import load_model, resolve_checkpoint
+from ..models.checkpoint import load_model, read_checkpoint, resolve_checkpoint
 from .offline_graph import build_offline
 from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, OPSET, StateSpec, export_step, next_state_name, state_specs
 
@@ -109,6 +109,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, max_mics: int = 16
     out_dir = Path(out_dir)
     card = _existing_card(out_dir)
     card.setdefault("model", {k: hparams.get(k) for k in ("model", "norm", "size", "model_config")})
+    data = {k: v for k, v in read_checkpoint(checkpoint).get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    if data:  # what `speechnorm evaluate` needs to rebuild the recipe's test data for the ONNX file
+        card.setdefault("training", {}).setdefault("data", data)
     card["checkpoint"] = resolve_checkpoint(checkpoint).name
     return export_module(model, out_dir, card, max_mics=max_mics, opset=opset, tolerance=tolerance)
 

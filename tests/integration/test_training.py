@@ -75,9 +75,25 @@ def test_train_test_and_resume(tmp_path, tiny_corpus):
         assert math.isfinite(result["mean"][key]), key
     assert "| si_sdr |" in (out / "metrics.md").read_text() and len(list(out.glob("test_unseen_*.png"))) == 2
 
+    # the exported ONNX model, evaluated through onnxruntime, scores what the checkpoint scores
+    exported = tmp_path / "exported"
+    done = subprocess.run([sys.executable, "-m", "speechnorm", "export", str(last), "-o", str(exported), "--max-mics", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-m", "speechnorm", "evaluate", str(exported / "model.onnx"), "--split",
+                           "test_unseen", "--out", str(tmp_path / "eval_onnx"), "--items", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    onnx_result = json.loads((tmp_path / "eval_onnx" / "metrics.json").read_text())
+    assert onnx_result["model"]["backend"] == "onnxruntime"
+    for a, b in zip(result["per_item"], onnx_result["per_item"]):
+        assert abs(a["enhanced/si_sdr"] - b["enhanced/si_sdr"]) < 0.01 and a["noisy/si_sdr"] == b["noisy/si_sdr"]
+
 
 def test_evaluate_refuses_bad_paths_in_one_line(tmp_path):
-    for path, message in ((tmp_path / "none.ckpt", "no checkpoint at"), (tmp_path / "m.onnx", "ONNX")):
+    (tmp_path / "bare").mkdir()
+    for path, message in ((tmp_path / "none.ckpt", "no checkpoint at"), (tmp_path / "m.onnx", "no exported model at"),
+                          (tmp_path / "bare", "no checkpoint at")):
         done = subprocess.run([sys.executable, "-m", "speechnorm", "evaluate", str(path)], capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
