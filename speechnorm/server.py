@@ -147,6 +147,7 @@ class EnhancementServer:
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self.served = 0
+        self.slow_consumers_dropped = 0
         self.static_dir = static_dir
 
     def app(self) -> web.Application:
@@ -167,7 +168,8 @@ class EnhancementServer:
         body = {"status": "ok", "protocol": PROTOCOL_VERSION,
                 "model": {"name": model.name, "backend": type(model).__name__, "sample_rate": model.sample_rate,
                           "latency_ms": model.latency_ms, "mics": [model.min_mics, model.max_mics]},
-                "connections": {"active": len(self.sessions), "max": self.limits.max_connections, "served": self.served},
+                "connections": {"active": len(self.sessions), "max": self.limits.max_connections, "served": self.served,
+                                "slow_consumers_dropped": self.slow_consumers_dropped},
                 "streams": [s.stats.summary() for s in self.sessions.values()]}
         return web.json_response(body)
 
@@ -223,6 +225,7 @@ class EnhancementServer:
                     return
             except asyncio.TimeoutError:  # the client stopped reading: drop it rather than buffer without end
                 log.info("stream %d: slow consumer, closing", session.stats.id)
+                self.slow_consumers_dropped += 1
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"slow consumer")
                 return
 
