@@ -42,6 +42,16 @@ class EnhancementDataModule(L.LightningDataModule):
         if (clean_dir is None) != (noise_dir is None):
             raise ValueError("give both clean_dir and noise_dir, or neither (for the synthetic corpus)")
         self.datasets: dict[str, SimulatedMixtures] = {}
+        self._resume_batches = 0
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: how far into the epoch training got, so a resumed run skips those batches."""
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed if trainer is not None else 0
+        return {"train_batches_done_in_epoch": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_batches = int(state.get("train_batches_done_in_epoch", 0))
 
     def corpus_dirs(self) -> tuple[Path, Path]:
         hp = self.hparams
@@ -73,7 +83,9 @@ class EnhancementDataModule(L.LightningDataModule):
         return DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        loader.batch_sampler.skip_next, self._resume_batches = self._resume_batches, 0
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

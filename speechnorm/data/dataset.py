@@ -96,10 +96,15 @@ class SimulatedMixtures(Dataset):
 class BlockBatchSampler(Sampler[list[int]]):
     """Batches that are whole blocks of consecutive indices (one mic count each), block order
     shuffled per epoch when ``shuffle``; under DDP each process takes every world-th block, the
-    list padded by repetition so that every process runs the same number of batches."""
+    list padded by repetition so that every process runs the same number of batches.
+
+    ``skip_next``: batches of the next epoch's order to leave out once, so that a run resumed
+    from a mid-epoch checkpoint continues the epoch where it stopped (``__len__`` stays the full
+    epoch, which is what the trainer's restored batch counter expects)."""
 
     def __init__(self, size: int, block: int, shuffle: bool, seed: int = 0):
         self.size, self.block, self.shuffle, self.seed, self.epoch = size, block, shuffle, seed, 0
+        self.skip_next = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,7 +120,8 @@ class BlockBatchSampler(Sampler[list[int]]):
         return blocks
 
     def __iter__(self):
-        for b in self._blocks():
+        skip, self.skip_next = self.skip_next, 0
+        for b in self._blocks()[skip:]:
             yield list(range(b * self.block, min((b + 1) * self.block, self.size)))
 
     def __len__(self) -> int:
