@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mics", type=int, default=4)
     parser.add_argument("--buffer-ms", type=float, default=40.0, help="the client's playback buffer")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--workers", type=int, default=None, help="the server's model threads (0: in its event loop)")
     args = parser.parse_args(argv)
     audio, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
     audio = np.ascontiguousarray(np.tile(audio.T[: args.mics], (1, int(np.ceil(args.seconds * rate / audio.shape[0]))))
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
     command = [sys.executable, "-m", "speechnorm", "serve", "--port", str(port), "--max-connections", "256"]
     if args.model:
         command += ["--model", args.model]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         asyncio.run(wait_healthy(f"http://127.0.0.1:{port}/health"))

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-message-bytes", type=int, default=1 << 20)
     serve.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a message before a stream is closed")
-    serve.add_argument("--workers", type=int, default=None, help="threads running the model (default: CPU count)")
+    serve.add_argument("--workers", type=int, default=0,
+                       help="threads running the model (default 0: in the event loop; scale out with more processes)")
     serve.set_defaults(run=_serve)
     commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
                         add_help=False)
