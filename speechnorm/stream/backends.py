@@ -90,6 +90,9 @@ class OnnxModel(ModelInfo):
             self._offline = ort.InferenceSession(str(offline_path), session_options(self.threads),
                                                  providers=["CPUExecutionProvider"])
         self.check_mics(audio.shape[0])
+        if audio.shape[1] == 0 or audio.shape[1] % self.hop:
+            raise ValueError(f"the offline graph needs a positive multiple of the hop ({self.hop}) samples, "
+                             f"got {audio.shape[1]}; pad the end with zeros")
         return self._offline.run(None, {AUDIO: np.ascontiguousarray(audio, dtype=np.float32)})[0]
 
 

@@ -14,6 +14,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
     [
         ("bench_norm.py", ["--quick", "--repeats", "1"], "reference loop / OnlineNorm core"),
         ("bench_stream.py", ["--hops", "3", "--mics", "2", "--models", "tac_gru", "--sizes", "small"], "| 2 | onnx |"),
+        ("bench_memory.py", ["--seconds", "0.5", "--mics", "2"], "| online | 1 |"),
         ("bench_train_step.py", ["--seconds", "0.2", "--repeats", "1", "--batch", "1", "--mics", "2",
                                  "--norms", "batch", "online"], "| tac_crn | online |"),
     ],
