@@ -1,11 +1,11 @@
 """The normalization ablation's table: test metrics, train/inference asymmetry and time per step.
 
-    recipes/norm_ablation/run.sh                  # trains every run (NORMS="online batch" to choose)
-    python scripts/ablation_report.py             # reads runs/norm_ablation, writes results/ablation.md/json
+    recipes/norm_ablation/run.sh --test false     # trains every run (NORMS="online batch" to choose)
+    python scripts/ablation_report.py --items 16  # evaluates runs/norm_ablation/*, writes results/ablation.{md,json}
 
 Per run (`<norm>_b<batch>`):
-- the test metrics that the run logged at its end, on `test` and `test_unseen` (its last
-  checkpoint, the recipe's fixed splits);
+- test metrics of its last checkpoint on the first ``--items`` items of `test` and `test_unseen`
+  (the recipe's fixed splits), by `speechnorm evaluate`'s code, the same for every run;
 - the **train/eval gap**: the relative difference ||y_train - y_eval|| / ||y_eval|| between the
   model's output in train mode and in eval mode, on the same clip. The clip is the first
   `test` item, enhanced inside a batch of 8 test items in train mode, since a batch statistic
@@ -17,28 +17,18 @@ Per run (`<norm>_b<batch>`):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 
 from speechnorm.data.datamodule import EnhancementDataModule
-from speechnorm.evaluate import _accepted, load
+from speechnorm.evaluate import _accepted, evaluate, load
 from speechnorm.models.speed import median_seconds
 
 SPLITS = ("test", "test_unseen")
 SHOWN = ("si_sdr", "pesq", "stoi", "dnsmos_ovrl")
-
-
-def logged_test_metrics(run: Path) -> dict:
-    """The last value of every test/... column in the run's metrics.csv files."""
-    found = {}
-    for path in sorted(run.glob("version_*/metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                found.update({k: float(v) for k, v in row.items() if v and k.split("/")[0] in SPLITS})
-    return found
 
 
 @torch.no_grad()
@@ -68,6 +58,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs/norm_ablation")
     parser.add_argument("--out", default="results")
+    parser.add_argument("--items", type=int, default=16, help="test items per split")
     args = parser.parse_args(argv)
     rows, clip = [], None
     for run in sorted(p for p in Path(args.runs).iterdir() if p.is_dir()):
@@ -82,7 +73,11 @@ def main(argv=None) -> None:
             items = [data.datasets["test"][i] for i in range(8)]
             mics = min(item[0].shape[0] for item in items)
             clip = torch.stack([item[0][:mics] for item in items])
-        metrics = logged_test_metrics(run)
+        metrics = {}
+        for split in SPLITS:
+            with tempfile.TemporaryDirectory() as tmp:
+                result = evaluate(checkpoints[-1], split=split, out=tmp, items=args.items, pictures=0)
+            metrics.update({f"{split}/{k}": v for k, v in result["mean"].items()})
         norm, batch = task.hparams["norm"], data_hparams.get("batch_size")
         rows.append({"run": run.name, "norm": norm, "batch": batch, "steps": torch.load(
             checkpoints[-1], map_location="cpu", weights_only=False).get("global_step"),

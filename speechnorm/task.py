@@ -56,10 +56,15 @@ def quality_metrics(estimate: Tensor, target: Tensor, sample_rate: int) -> dict[
 
 
 def dnsmos(audio: Tensor, sample_rate: int) -> dict[str, float]:
-    """DNSMOS P.835 (SIG, BAK, OVRL) of one utterance, with the models shipped in ``speechmos``."""
+    """DNSMOS P.835 (SIG, BAK, OVRL) of one utterance, with the models shipped in ``speechmos``.
+
+    DNSMOS takes samples in [-1, 1]; an estimate that peaks beyond (an untrained or briefly trained
+    model's can) is scaled down to peak at 1 rather than refused."""
     from speechmos import dnsmos as model
 
-    scores = model.run(audio.detach().cpu().float().numpy(), sr=sample_rate)
+    samples = audio.detach().cpu().float().numpy()
+    peak = float(abs(samples).max()) if samples.size else 0.0
+    scores = model.run(samples / peak if peak > 1.0 else samples, sr=sample_rate)
     return {"dnsmos_sig": scores["sig_mos"], "dnsmos_bak": scores["bak_mos"], "dnsmos_ovrl": scores["ovrl_mos"]}
 
 

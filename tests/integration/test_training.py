@@ -118,3 +118,12 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_corpus):
     done = train("--config", str(conf), "--test", "false")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+def test_dnsmos_scores_an_estimate_that_peaks_beyond_full_scale():
+    from speechnorm.task import dnsmos
+
+    t = torch.arange(32000) / 16000
+    loud = 3.0 * torch.sin(2 * torch.pi * 220 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * 2 * t))
+    scores = dnsmos(loud, 16000)
+    assert scores == dnsmos(loud / loud.abs().max(), 16000)  # scaled to full scale, not refused
