@@ -14,7 +14,9 @@ Systems:
   speech/noise masks come from a per-bin noise floor (the 20th percentile of each bin's power
   over the clip). This is not an oracle and not a network.
 - `ours`: the released model (`models/tac_gru_online_small`) through the exported ONNX graph.
-  With `--ablation`, each ablation run's final checkpoint is added (`ours-<norm>_b<batch>`).
+  With `--ablation`, the final checkpoint of each ablation run at `--ablation-batch` (8) is added
+  (`ours-<norm>_b8`: same model, data and steps, one normalizer swapped; run by PyTorch, so
+  their RTF is the eager offline forward's).
 
 Clips: the released model's own `test` (seen array types) and `test_unseen` (held-out arrays)
 splits, rebuilt from its card with its fixed seeds. Also the bundled real-speech example
@@ -138,13 +140,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=None, help="items per test split (default: all)")
     parser.add_argument("--out", default="results")
-    parser.add_argument("--ablation", default=None, help="runs/norm_ablation: add each normalizer's best checkpoint")
+    parser.add_argument("--ablation", default=None, help="runs/norm_ablation: add each run's final checkpoint")
+    parser.add_argument("--ablation-batch", type=int, default=8, help="only the ablation runs at this batch size")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     systems = {"noisy": lambda x: x[0].copy(), "noisereduce": noisereduce_peer, "rnnoise": RNNoise(), "mvdr": mvdr_peer,
                "ours": ours(Runner(MODEL / "model.onnx"))}
     if args.ablation:
-        for run in sorted(p for p in Path(args.ablation).iterdir() if p.is_dir()):  # <norm>_b<batch>/version_*/checkpoints
+        runs = Path(args.ablation).glob(f"*_b{args.ablation_batch}")  # <norm>_b<batch>/version_*/checkpoints
+        for run in sorted(p for p in runs if p.is_dir()):
             ckpts = sorted(run.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
             if ckpts:
                 systems[f"ours-{run.name}"] = ours(Runner(ckpts[-1]))
