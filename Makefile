@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.speechnorm-installed
 
-.PHONY: demo test test-all bench venv clean system-deps
+.PHONY: demo test test-all bench peers venv clean system-deps
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ test-all: system-deps $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_norm.py
+
+# The peer comparison (README "Results"): noisereduce and RNNoise (the pyrnnoise wheel's library,
+# used through ctypes, so its audiolab dependency is not installed).
+peers: $(STAMP)
+	$(PY) -m pip install --quiet -c requirements/constraints.txt noisereduce
+	$(PY) -m pip install --quiet --no-deps pyrnnoise==0.4.5
+	$(PY) scripts/evaluate_peers.py --ablation runs/norm_ablation
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

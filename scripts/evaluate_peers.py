@@ -1,6 +1,7 @@
 """Side by side on the same clips: the noisy reference mic, classical and neural peers, and ours.
 
-    python scripts/evaluate_peers.py                                   # writes results/peers.{md,json,png}
+    make peers                                                         # installs the peers, writes results/peers.{md,json,png}
+    python scripts/evaluate_peers.py                                   # the same, peers already installed
     python scripts/evaluate_peers.py --items 8 --out /tmp/peers        # quicker
     python scripts/evaluate_peers.py --ablation runs/norm_ablation     # + our models with each normalizer
 
