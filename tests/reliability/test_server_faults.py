@@ -4,7 +4,6 @@ serving everyone else with results identical to a clean run."""
 
 import asyncio
 import json
-import socket
 
 import aiohttp
 import numpy as np
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from speechnorm.client import encode, stream_audio
+from wsraw import raw_websocket, ws_frame
 from speechnorm.server import EnhancementServer, Limits
 from speechnorm.stream import AtRate, StreamingEnhancer
 
@@ -69,36 +69,6 @@ def test_any_message_sequence_is_answered_by_the_protocol(tiny_export, sequence)
 
     result = asyncio.run(serving(folder, body))
     np.testing.assert_array_equal(result.audio, expected(folder, SPEECH))
-
-
-def raw_websocket(url: str) -> socket.socket:
-    """A WebSocket client on a plain socket with a tiny receive buffer, which never reads."""
-    import base64
-    import os
-    from urllib.parse import urlparse
-
-    where = urlparse(url)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-    sock.connect((where.hostname, where.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET {where.path} HTTP/1.1\r\nHost: {where.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    assert b" 101 " in sock.recv(1024)
-    return sock
-
-
-def ws_frame(payload: bytes, opcode: int) -> bytes:
-    """One masked client frame (RFC 6455), mask of zeros."""
-    size = len(payload)
-    head = bytes([0x80 | opcode])
-    if size < 126:
-        head += bytes([0x80 | size])
-    elif size < 65536:
-        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
-    return head + b"\x00\x00\x00\x00" + payload
 
 
 def test_a_client_that_stops_reading_is_dropped_and_others_are_served(tiny_export):
