@@ -2,12 +2,15 @@
 
     python scripts/load_test.py                       # N = 1, 2, 4, 8, ... until a run has underruns
     python scripts/load_test.py --streams 4 8 --seconds 20 --mics 4
+    python scripts/load_test.py --streams 1 --hog --workers 0   # beside a client sending 1 MiB every 2 s
 
 Starts the server as a subprocess (its own process, its own cores), then N clients in this
 process, each sending the bundled example at real-time pace in 10 ms messages (a live
 microphone). A reply later than its playback deadline (sent time + a 40 ms playback buffer) is an
 underrun. Prints, per N: underruns, round-trip latency p50/p99 over all messages, and the
 server's own per-message compute latency from /health. Clients and server share the machine.
+``--hog`` adds one more client that sends maximum-size messages (1 MiB of 1-channel s16le, ~33 s
+of audio) every 2 s, and prints the streams' slowest replies and how many came later than 40 ms.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+
+import json
 
 import aiohttp
 import numpy as np
@@ -47,15 +52,41 @@ async def wait_healthy(url: str, seconds: float = 60.0) -> None:
     raise RuntimeError("the server did not come up")
 
 
-async def run_streams(url: str, audio: np.ndarray, rate: int, streams: int, buffer_ms: float) -> dict:
+async def hog(url: str, max_bytes: int, stop: asyncio.Event) -> int:
+    """Send maximum-size messages every 2 s until ``stop``; returns how many were answered."""
+    payload = (np.random.default_rng(0).integers(-3000, 3000, max_bytes // 2)).astype("<i2").tobytes()
+    answered = 0
+    async with aiohttp.ClientSession() as client, client.ws_connect(url, max_msg_size=0) as ws:
+        await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000, "channels": 1, "format": "s16le"}))
+        await ws.receive()
+        while not stop.is_set():
+            await ws.send_bytes(payload)
+            await ws.receive()
+            answered += 1
+            try:
+                await asyncio.wait_for(stop.wait(), 2.0)
+            except asyncio.TimeoutError:
+                pass
+    return answered
+
+
+async def run_streams(url: str, audio: np.ndarray, rate: int, streams: int, buffer_ms: float,
+                      with_hog: bool = False) -> dict:
+    stop = asyncio.Event()
+    hogging = asyncio.create_task(hog(url, 1 << 20, stop)) if with_hog else None
+    if hogging is not None:
+        await asyncio.sleep(0.5)
     results = await asyncio.gather(*(stream_audio(url, audio, rate, realtime=True, playback_buffer_ms=buffer_ms)
                                      for _ in range(streams)), return_exceptions=True)
+    stop.set()
+    hogged = await hogging if hogging is not None else 0
     failed = [r for r in results if isinstance(r, BaseException)]
     ok = [r for r in results if not isinstance(r, BaseException)]
     latencies = np.concatenate([r.latencies_ms for r in ok]) if ok else np.zeros(1)
     return {"streams": streams, "failed": len(failed), "underruns": sum(r.underruns for r in ok),
             "messages": int(latencies.size), "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99))}
+            "p99_ms": float(np.percentile(latencies, 99)), "max_ms": float(latencies.max()),
+            "over_40ms": int((latencies > 40).sum()), "hog_messages": hogged}
 
 
 def main(argv=None) -> int:
@@ -66,6 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--buffer-ms", type=float, default=40.0, help="the client's playback buffer")
     parser.add_argument("--model", default=None)
     parser.add_argument("--workers", type=int, default=None, help="the server's model threads (0: in its event loop)")
+    parser.add_argument("--hog", action="store_true", help="one more client sending 1 MiB messages every 2 s")
     args = parser.parse_args(argv)
     audio, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
     audio = np.ascontiguousarray(np.tile(audio.T[: args.mics], (1, int(np.ceil(args.seconds * rate / audio.shape[0]))))
@@ -81,19 +113,24 @@ def main(argv=None) -> int:
         asyncio.run(wait_healthy(f"http://127.0.0.1:{port}/health"))
         print(f"# {args.mics}-mic streams of {args.seconds:g} s at real-time pace, 10 ms messages, "
               f"{args.buffer_ms:g} ms playback buffer; {os.cpu_count()} CPUs shared by server and clients\n")
-        print("| streams | underruns | failed | messages | round trip p50 ms | p99 ms |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        if args.hog:
+            print("# beside them, one client sends a 1 MiB message (~33 s of 1-channel s16le audio) every 2 s\n")
+        print("| streams | underruns | failed | messages | round trip p50 ms | p99 ms | max ms | > 40 ms |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         counts = args.streams or [2**k for k in range(0, 8)]
         sustained = 0
         for n in counts:
-            r = asyncio.run(run_streams(f"ws://127.0.0.1:{port}/ws", audio, rate, n, args.buffer_ms))
-            print(f"| {n} | {r['underruns']} | {r['failed']} | {r['messages']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |", flush=True)
+            r = asyncio.run(run_streams(f"ws://127.0.0.1:{port}/ws", audio, rate, n, args.buffer_ms, args.hog))
+            print(f"| {n} | {r['underruns']} | {r['failed']} | {r['messages']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                  f"| {r['max_ms']:.2f} | {r['over_40ms']} |", flush=True)
             if r["underruns"] or r["failed"]:
                 if args.streams is None:
                     break
             else:
                 sustained = max(sustained, n)
         print(f"\nsustained without underruns: {sustained} concurrent {args.mics}-mic streams")
+        if args.hog:
+            print(f"the hog's 1 MiB messages answered in the last run: {r['hog_messages']}")
     finally:
         server.terminate()
         server.wait(timeout=10)

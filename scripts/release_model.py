@@ -34,6 +34,8 @@ def main(argv=None):
     parser.add_argument("--name", required=True)
     parser.add_argument("--out", default="models")
     parser.add_argument("--recipe", default="recipes/array_agnostic/conf.yaml")
+    parser.add_argument("--logs", default=None, help="the run's CSV log folder (e.g. runs/real_rooms/csv): "
+                                                     "its training curve is drawn into training_curve.png")
     args = parser.parse_args(argv)
     folder = Path(args.out) / args.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,10 +71,90 @@ def main(argv=None):
         enhance_file(EXAMPLE, Path(tmp) / "enhanced.wav", model=folder, backend="onnx")
         card["example"] = {"file": "speechnorm/assets/example_4mic.flac", "reference": "speechnorm/assets/example_clean.flac",
                            **score_against(EXAMPLE, Path(tmp) / "enhanced.wav", ASSETS / "example_clean.flac")}
+    if args.logs:
+        training_curve(Path(args.logs), folder / "training_curve.png")
+    card["corpus"] = corpus_sources(card["training"]["data"])
     (folder / "card.json").write_text(json.dumps(card, indent=2, default=str))
     (folder / "README.md").write_text(model_card(card, results))
     shutil.rmtree(folder / "evaluation" / "test" / "__pycache__", ignore_errors=True)
     print((folder / "README.md").read_text())
+
+
+def training_curve(logs: Path, png: Path) -> None:
+    """Training loss (smoothed) and validation SI-SDR against steps, from every CSV log under ``logs``
+    (a resumed run writes a new version folder; steps continue)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = {}, {}
+    for path in sorted(logs.glob("version_*/metrics.csv")):
+        for row in csv.DictReader(open(path)):
+            if row.get("train/loss"):
+                train[int(row["step"])] = float(row["train/loss"])
+            if row.get("val/si_sdr"):
+                val[int(row["step"])] = float(row["val/si_sdr"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = sorted(train)
+    losses = [train[s] for s in steps]
+    smooth = [sum(losses[max(0, i - 9) : i + 1]) / len(losses[max(0, i - 9) : i + 1]) for i in range(len(losses))]
+    left.plot(steps, losses, alpha=0.3)
+    left.plot(steps, smooth)
+    left.set(title="training loss", xlabel="step")
+    right.plot(sorted(val), [val[s] for s in sorted(val)], marker="o")
+    right.set(title="validation SI-SDR (dB)", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def corpus_sources(data: dict) -> list[dict]:
+    """Per source package of a ``speechnorm data`` corpus: version, licence, hours and speakers per split."""
+    from speechnorm.data.corpus import read_manifest
+
+    sources = {}
+    for folder in (data.get("clean_dir"), data.get("noise_dir")):
+        for row in (read_manifest(folder) or {}).values() if folder else ():
+            entry = sources.setdefault((row["kind"], row["package"]), {
+                "kind": row["kind"], "package": row["package"], "version": row["version"], "licence": row["licence"],
+                "hours": {}, "speakers": {}})
+            entry["hours"][row["split"]] = entry["hours"].get(row["split"], 0.0) + float(row["seconds"]) / 3600
+            if row["speaker"]:
+                entry["speakers"].setdefault(row["split"], set()).add(row["speaker"])
+    for entry in sources.values():
+        entry["hours"] = {k: round(v, 3) for k, v in entry["hours"].items()}
+        entry["speakers"] = {k: sorted(v) for k, v in entry["speakers"].items()}
+    return list(sources.values())
+
+
+def data_paragraph(data: dict) -> str:
+    if data.get("clean_dir"):
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in (data.get("noise_kinds") or {"noise": 1.0}).items())
+        return (f"Real recorded speech and noise from Debian packages (`speechnorm data`, table below; whole speakers "
+                f"held out for val/test), plus espeak-ng voices, in simulated rooms with "
+                f"{'their full late reverberation' if data.get('late_reverb') else 'order-12 image sources'}: "
+                f"T60 {data.get('t60')} s, SNR {data.get('snr_db')} dB, speaker {data.get('distance')} m from the array, "
+                f"±{data.get('mic_gain_db')} dB mic gains, sensor noise {data.get('sensor_snr_db')} dB down; noise kinds "
+                f"{kinds}. {data.get('train_items')} training items of {data.get('seconds')} s. Training arrays: "
+                "circular or linear, 2–6 mics. `test_unseen`: clusters and 7–8-mic circles never seen in training.")
+    return (f"Simulated rooms (pyroomacoustics, T60 {data.get('t60')}, SNR {data.get('snr_db')} dB, 1–3 noise "
+            f"sources) with the built-in corpus: espeak-ng speech"
+            + (", 15 s of real conversational speech (`speechnorm/assets/real_speech`, after its held-out first 14.5 s; "
+               "speed-perturbed ×0.9/×1.1)" if data.get("real_speech") else "")
+            + f" and generated noises (white/pink/brown, hum, clicks, babble), {data.get('train_items')} training items of "
+            f"{data.get('seconds')} s. Training arrays: circular or linear, 2–6 mics. `test_unseen`: clusters "
+            "and 7–8-mic circles never seen in training.")
+
+
+def limits_paragraph(data: dict) -> str:
+    if data.get("clean_dir"):
+        return ("Limits: a few hours of real speech from 5 recorded voices (game dialogue, telephone prompts) and "
+                "CPU-scale training; simulated rooms, not recorded ones.")
+    return ("Limits: trained mostly on synthetic speech (with a little real speech) and generated noises, so expect less "
+            "on real recordings. Late reverberation is truncated in the simulation (image-source order 12).")
 
 
 def model_card(card: dict, results: dict) -> str:
@@ -87,14 +169,22 @@ def model_card(card: dict, results: dict) -> str:
         "",
         "## Data",
         "",
-        f"Simulated rooms (pyroomacoustics, T60 {data.get('t60')}, SNR {data.get('snr_db')} dB, 1–3 noise "
-        f"sources) with the built-in corpus: espeak-ng speech"
-        + (", 15 s of real conversational speech (`speechnorm/assets/real_speech`, after its held-out first 14.5 s; "
-           "speed-perturbed ×0.9/×1.1)" if data.get("real_speech") else "")
-        + f" and generated noises (white/pink/brown, hum, clicks, babble), {data.get('train_items')} training items of "
-        f"{data.get('seconds')} s. Training arrays: circular or linear, 2–6 mics. `test_unseen`: clusters "
-        "and 7–8-mic circles never seen in training.",
+        data_paragraph(data),
         "",
+    ]
+    if card.get("corpus"):
+        lines += ["Corpus (`speechnorm data`; the audio is fetched from these packages, never shipped):", "",
+                  "| kind | package | version | licence | hours train / val / test | speakers train / val / test |",
+                  "|---|---|---|---|---|---|"]
+        for src in card["corpus"]:
+            hours = " / ".join(f"{src['hours'].get(s, 0):.2f}" for s in ("train", "val", "test"))
+            speakers = " / ".join(", ".join(src["speakers"].get(s, [])) or "-" for s in ("train", "val", "test"))
+            lines.append(f"| {src['kind']} | `{src['package']}` | {src['version']} | {src['licence']} | {hours} | "
+                         f"{speakers if src['kind'] == 'speech' else '-'} |")
+        lines.append("")
+    if (Path("models") / card["name"] / "training_curve.png").exists():
+        lines += ["![training curve](training_curve.png)", ""]
+    lines += [
         "## Use",
         "",
         "```",
@@ -132,9 +222,7 @@ def model_card(card: dict, results: dict) -> str:
         f"speechnorm evaluate models/{card['name']} --split test_unseen",
         "```",
         "",
-        "Limits: trained mostly on synthetic speech (with a little real speech) and generated noises, so expect less "
-        "on real recordings. "
-        "Late reverberation is truncated in the simulation (image-source order 12).",
+        limits_paragraph(data),
         "",
     ]
     return "\n".join(lines)

@@ -83,14 +83,31 @@ def _enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    import logging
+
+    from .data import packages, synthetic
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    cache = args.cache or str(args.root / "cache")
+    espeak = None
+    if args.espeak_utterances > 0:
+        espeak = synthetic.build(args.root / "espeak", utterances=args.espeak_utterances, seed=0, real_speech=True)
+    root = packages.build(args.root, cache=cache, espeak_dir=espeak)
+    print(packages.summary(root))
+    print(f"\ncorpus: {root}/speech and {root}/noise (manifest.csv in each); train with "
+          f"data.clean_dir={root}/speech data.noise_dir={root}/noise")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .enhance import default_model
     from .server import Limits, serve
 
     limits = Limits(max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
-                    idle_timeout_s=args.idle_timeout)
+                    idle_timeout_s=args.idle_timeout, send_timeout_s=args.slow_consumer_timeout)
     serve(args.model or default_model(), host=args.host, port=args.port, limits=limits, backend=args.backend,
-          workers=args.workers)
+          workers=args.workers, expose_peers=args.health_peers)
     return 0
 
 
@@ -128,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
     enhance.add_argument("--reference", default=None, help="a clean reference file: print SI-SDR, PESQ and STOI before and after")
     enhance.set_defaults(run=_enhance)
+    data = commands.add_parser("data", help="build the real-speech corpus from Debian packages (apt-get download; "
+                                            "audio never leaves the cache)")
+    data.add_argument("--root", type=Path, default=Path(".cache/real_corpus"), help="where the corpus is written")
+    data.add_argument("--cache", default=None, help="where .deb files are downloaded and unpacked (default ROOT/cache); "
+                                                    "put .deb files in CACHE/debs to build without a network")
+    data.add_argument("--espeak-utterances", type=int, default=240,
+                      help="espeak-ng sentences added as extra training voices (0: none)")
+    data.set_defaults(run=_data)
     serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
     serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small)")
     serve.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
@@ -136,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-message-bytes", type=int, default=1 << 20)
     serve.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a message before a stream is closed")
+    serve.add_argument("--slow-consumer-timeout", type=float, default=5.0,
+                       help="seconds a reply may stay unread (learned by ping/pong) before the client is dropped")
+    serve.add_argument("--health-peers", action="store_true", help="list each stream's peer address in /health")
     serve.add_argument("--workers", type=int, default=0,
                        help="threads running the model (default 0: in the event loop; scale out with more processes)")
     serve.set_defaults(run=_serve)

@@ -104,7 +104,9 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
         noisy, target = dataset[index]
         enhanced, aligned_target = runner.aligned(runner(noisy), target)
         reference = noisy[0, : aligned_target.shape[-1]]
-        row = {"item": index, "mics": noisy.shape[0]}
+        plan = dataset.plan(index)
+        row = {"item": index, "mics": noisy.shape[0], "noise": plan["noise"], "t60": round(plan["t60"], 3),
+               "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
         for who, signal in (("noisy", reference), ("enhanced", enhanced)):
             scores = {**quality_metrics(signal, aligned_target, runner.sample_rate), **dnsmos(signal, runner.sample_rate)}
             row.update({f"{who}/{k}": v for k, v in scores.items()})
@@ -113,10 +115,35 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
             spectrograms(out / f"{split}_{index:03d}.png", reference, enhanced, aligned_target, runner.sample_rate)
     summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in METRICS}
     result = {"checkpoint": runner.description["path"], "split": split, "items": count,
-              "model": runner.description, "mean": summary, "per_item": rows}
+              "model": runner.description, "mean": summary, "per_condition": per_condition(rows), "per_item": rows}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     (out / "metrics.md").write_text(markdown_table(result))
     return result
+
+
+T60_BANDS = ((0.0, 0.4, "T60<0.4s"), (0.4, 0.7, "T60 0.4-0.7s"), (0.7, 99.0, "T60>=0.7s"))
+
+
+def t60_band(t60: float) -> str:
+    return next(name for low, high, name in T60_BANDS if low <= t60 < high)
+
+
+def per_condition(rows: list[dict], systems: tuple[str, ...] = ("noisy", "enhanced")) -> list[dict]:
+    """Mean scores per noise kind, per T60 band, per mic count, and per noise kind x T60 band x mics
+    (a mean over all clips can hide a condition where the model does nothing). Rows hold
+    ``noise``, ``t60_band``, ``mics`` and ``{system}/{metric}`` scores."""
+    groupings = {"noise": ("noise",), "T60": ("t60_band",), "mics": ("mics",),
+                 "noise x T60 x mics": ("noise", "t60_band", "mics")}
+    out = []
+    for grouping, keys in groupings.items():
+        groups: dict[tuple, list[dict]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        for values, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+            out.append({"grouping": grouping, "condition": " / ".join(map(str, values)), "clips": len(members),
+                        **{f"{who}/{m}": mean([r[f"{who}/{m}"] for r in members])
+                           for who in systems for m in METRICS}})
+    return out
 
 
 def markdown_table(result: dict) -> str:
@@ -127,6 +154,13 @@ def markdown_table(result: dict) -> str:
     for metric in METRICS:
         noisy, enhanced = mean_[f"noisy/{metric}"], mean_[f"enhanced/{metric}"]
         lines.append(f"| {metric} | {noisy:.3f} | {enhanced:.3f} | {enhanced - noisy:+.3f} |")
+    if result.get("per_condition"):
+        lines += ["", "Per condition (enhanced, and its change over noisy mic 0):", "",
+                  "| grouping | condition | clips | " + " | ".join(METRICS) + " |",
+                  "|---|---|---:|" + "---:|" * len(METRICS)]
+        for row in result["per_condition"]:
+            cells = [f"{row[f'enhanced/{m}']:.2f} ({row[f'enhanced/{m}'] - row[f'noisy/{m}']:+.2f})" for m in METRICS]
+            lines.append(f"| {row['grouping']} | {row['condition']} | {row['clips']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ skipped, never a crash inside a worker.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 from pathlib import Path
@@ -29,6 +30,15 @@ def split_of(path: Path) -> str:
     group = path.name.split("__")[0]
     fraction = int(hashlib.sha1(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return next(name for name, (low, high) in SPLITS.items() if low <= fraction < high or (high == 1.0 and fraction == 1.0))
+
+
+def read_manifest(folder: str | Path) -> dict[str, dict] | None:
+    """``folder/manifest.csv`` (``speechnorm data``) as {resolved file path: row}; None when absent."""
+    path = Path(folder) / "manifest.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as handle:
+        return {str((Path(folder) / row["file"]).resolve()): row for row in csv.DictReader(handle)}
 
 
 def scan(folder: str | Path) -> list[Path]:
@@ -71,15 +81,25 @@ def scan_rooms(rir_dir: str | Path) -> list[tuple[Path, int]]:
 
 
 class Corpus:
-    """Clean speech and noise files (and optionally measured RIR rooms) for one split."""
+    """Clean speech and noise files (and optionally measured RIR rooms) for one split.
+
+    A folder with a ``manifest.csv`` (``speechnorm data``) is split by its ``split`` column, which
+    holds out whole speakers, and names each file's speaker and source package; other folders
+    split by a hash of the file name and treat each file's name group as its speaker.
+    """
 
     def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000,
                  rir_dir: str | Path | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.sample_rate = sample_rate
-        self.clean = self._pick(scan(clean_dir), split)
-        self.noise = self._pick(scan(noise_dir), split)
+        self.manifest = {**(read_manifest(clean_dir) or {}), **(read_manifest(noise_dir) or {})}
+        self.clean = self._pick(scan(clean_dir), split, self.manifest)
+        self.noise = self._pick(scan(noise_dir), split, self.manifest)
+        # noise by kind: recorded (real recordings from packages) or generated (the built-in kinds)
+        self.noise_by_kind = {"noise": self.noise,
+                              "recorded": [p for p in self.noise if self._row(p).get("package", "speechnorm") != "speechnorm"],
+                              "generated": [p for p in self.noise if self._row(p).get("package", "speechnorm") == "speechnorm"]}
         rooms = scan_rooms(rir_dir) if rir_dir is not None else []
         self.rooms = [room for room in rooms if split_of(room[0]) == split] or rooms
 
@@ -88,18 +108,32 @@ class Corpus:
         files = [p for p in scan(folder) if p.parent == folder]
         return [read_audio(files[i % len(files)], self.sample_rate, check_clipping=False)[0][:mics] for i in picks]
 
+    def _row(self, path: Path) -> dict:
+        return self.manifest.get(str(Path(path).resolve()), {})
+
+    def speaker(self, path: Path) -> str:
+        """The file's speaker (manifest), else its name group."""
+        return self._row(path).get("speaker") or Path(path).name.split("__")[0]
+
     @staticmethod
-    def _pick(files: list[Path], split: str) -> list[Path]:
-        chosen = [f for f in files if split_of(f) == split]
+    def _pick(files: list[Path], split: str, manifest: dict) -> list[Path]:
+        def split_for(path: Path) -> str:
+            row = manifest.get(str(path.resolve()))
+            return row["split"] if row else split_of(path)
+
+        chosen = [f for f in files if split_for(f) == split]
         return chosen or files  # a tiny corpus may leave a split empty: then share all files
 
-    def load(self, kind: str, index: int) -> Tensor:
-        """The first usable file from ``index`` on (mono, at the sample rate); bad ones are reported."""
-        files = self.clean if kind == "clean" else self.noise
+    def load(self, kind: str, index: int, files: list[Path] | None = None, with_path: bool = False):
+        """The first usable file from ``index`` on (mono, at the sample rate); bad ones are reported.
+        ``kind`` is "clean" or a noise kind ("noise", "recorded", "generated"); ``files`` overrides the list."""
+        if files is None:
+            files = self.clean if kind == "clean" else (self.noise_by_kind.get(kind) or self.noise)
         for attempt in range(len(files)):
             path = files[(index + attempt) % len(files)]
             try:
-                return read_audio(path, self.sample_rate)[0].mean(dim=0)
+                audio = read_audio(path, self.sample_rate)[0].mean(dim=0)
+                return (audio, path) if with_path else audio
             except AudioFileError as err:
                 log.warning("skipping %s", err)
         raise AudioFileError(f"no usable {kind} file left in the corpus ({len(files)} tried)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +23,10 @@ class EnhancementDataModule(L.LightningDataModule):
             plus real recorded speech unless ``real_speech`` is off (``speechnorm.data.synthetic``).
         train_items, val_items, test_items: items per split (test_unseen has ``test_items``).
         seconds: length of an item. batch_size: items per batch (1 is fine for Online Norm).
-        snr_db, t60: the ranges mixtures are drawn from. seed: fixes every item of every split.
+        snr_db, t60: the ranges mixtures are drawn from. seed: fixes every item of every split
+            (val and test items depend on the seed and split only, never on ``batch_size``).
+        distance, late_reverb, mic_gain_db, sensor_snr_db, noise_kinds, talker_snr_floor_db: the
+            room and noise settings of ``rooms.MixSpec`` (defaults: the original order-capped rooms).
         cache_dir: keep simulated items on disk and reuse them (optional).
         rir_dir: measured multi-channel RIRs (optional): one sub-folder per room and array, one
             file per source position (channels = mics). ``measured_fraction`` of the items of the
@@ -36,6 +40,10 @@ class EnhancementDataModule(L.LightningDataModule):
         batch_size: int = 8, num_workers: int = 0, seed: int = 0,
         snr_db: tuple[float, float] = (-5.0, 15.0), t60: tuple[float, float] = (0.15, 0.7),
         cache_dir: str | None = None, rir_dir: str | None = None, measured_fraction: float = 0.5,
+        distance: tuple[float, float] | None = None, late_reverb: bool = False, mic_gain_db: float = 0.0,
+        sensor_snr_db: tuple[float, float] | None = None, noise_kinds: dict[str, float] | None = None,
+        talker_snr_floor_db: float = 0.0, test_t60: tuple[float, float] | None = None,
+        test_snr_db: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -67,18 +75,29 @@ class EnhancementDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         clean, noise = self.corpus_dirs()
-        spec = MixSpec(snr_db=tuple(hp.snr_db), t60=tuple(hp.t60))
+        spec = MixSpec(snr_db=tuple(hp.snr_db), t60=tuple(hp.t60),
+                       distance=tuple(hp.distance) if hp.distance else None, late_reverb=hp.late_reverb,
+                       mic_gain_db=hp.mic_gain_db, sensor_snr_db=tuple(hp.sensor_snr_db) if hp.sensor_snr_db else None,
+                       noise_kinds=tuple((hp.noise_kinds or {"noise": 1.0}).items()),
+                       talker_snr_floor_db=hp.talker_snr_floor_db)
+        test_spec = replace(spec, t60=tuple(hp.test_t60 or spec.t60), snr_db=tuple(hp.test_snr_db or spec.snr_db))
         sizes = {"train": hp.train_items, "val": hp.val_items, "test": hp.test_items, "test_unseen": hp.test_items}
         for split, size in sizes.items():
             corpus = Corpus(clean, noise, "test" if split == "test_unseen" else split, rir_dir=hp.rir_dir)
             self.datasets[split] = SimulatedMixtures(
-                corpus, split, size, hp.seconds, hp.seed, mic_block=hp.batch_size, spec=spec, cache_dir=hp.cache_dir,
+                corpus, split, size, hp.seconds, hp.seed, mic_block=self.block(split),
+                spec=test_spec if split.startswith("test") else spec, cache_dir=hp.cache_dir,
                 measured_fraction=hp.measured_fraction,
             )
 
+    def block(self, split: str) -> int:
+        """Items per batch: the batch size in training; 1 for evaluation, whose items then depend
+        on the seed and split only (each item draws its own mic count)."""
+        return self.hparams.batch_size if split == "train" else 1
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
-        sampler = BlockBatchSampler(len(data), self.hparams.batch_size, shuffle, self.hparams.seed)
+        sampler = BlockBatchSampler(len(data), self.block(split), shuffle, self.hparams.seed)
         workers = self.hparams.num_workers
         return DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
 

@@ -1,8 +1,10 @@
 """Simulated multi-channel mixtures, drawn on the fly from a seeded RNG.
 
 Item i of a split is a pure function of (seed, split, i): the same every epoch and on every
-worker. Items come in blocks of ``mic_block`` that share a mic count, so a batch stacks; the
-``BlockBatchSampler`` shuffles whole blocks. With ``cache_dir`` set, each simulated item is
+worker. Its conditions (noise kind, T60, SNR, mic count: ``plan``) are drawn first, from their own
+stream, so evaluation can group items by condition without simulating them. Items come in blocks
+of ``mic_block`` that share a mic count, so a batch stacks (evaluation splits use blocks of 1: their
+items do not depend on the training batch size); the ``BlockBatchSampler`` shuffles whole blocks. With ``cache_dir`` set, each simulated item is
 kept on disk and reused in later epochs (it is the same item either way).
 """
 
@@ -62,28 +64,49 @@ class SimulatedMixtures(Dataset):
         block_rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index // self.mic_block, 0])
         return sample_mics(block_rng, self.unseen)
 
+    def plan(self, index: int) -> dict:
+        """The conditions of item ``index``: noise kind, number of noise sources, T60, SNR, mics."""
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 2])
+        kinds, weights = zip(*self.spec.noise_kinds)
+        kind = str(rng.choice(kinds, p=np.asarray(weights) / sum(weights)))
+        low, high = self.spec.snr_db
+        if kind == "talker":
+            low, high = max(low, self.spec.talker_snr_floor_db), max(high, self.spec.talker_snr_floor_db)
+        sources = {"babble": int(rng.integers(3, 9)), "talker": 1}.get(
+            kind, int(rng.integers(self.spec.noise_sources[0], self.spec.noise_sources[1] + 1)))
+        return {"noise": kind, "sources": sources, "t60": float(rng.uniform(*self.spec.t60)),
+                "snr_db": float(rng.uniform(low, high)), "mics": self.mics(index)}
+
+    def _noises(self, rng: np.random.Generator, plan: dict, speaker: str) -> list[Tensor]:
+        kind = plan["noise"]
+        if kind in ("babble", "talker"):  # other voices of this split, never the target's own
+            others = [p for p in self.corpus.clean if self.corpus.speaker(p) != speaker] or self.corpus.clean
+            return [fit_length(self.corpus.load("clean", int(rng.integers(1 << 30)), files=others), self.samples, rng,
+                               tile=True) for _ in range(plan["sources"])]
+        return [fit_length(self.corpus.load(kind, int(rng.integers(1 << 30))), self.samples, rng, tile=True)
+                for _ in range(plan["sources"])]
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         if not 0 <= index < self.size:
             raise IndexError(index)
         cached = self.cache / f"{index:06d}.pt" if self.cache else None
         if cached is not None and cached.exists():
             return tuple(torch.load(cached))
+        plan = self.plan(index)
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
-        speech = fit_length(self.corpus.load("clean", int(rng.integers(1 << 30))), self.samples, rng, tile=False)
-        noises = [
-            fit_length(self.corpus.load("noise", int(rng.integers(1 << 30))), self.samples, rng, tile=True)
-            for _ in range(int(rng.integers(self.spec.noise_sources[0], self.spec.noise_sources[1] + 1)))
-        ]
-        mics = self.mics(index)
+        clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
+        speech = fit_length(clean, self.samples, rng, tile=False)
+        noises = self._noises(rng, plan, self.corpus.speaker(path))
+        mics = plan["mics"]
         rooms = [folder for folder, channels in self.corpus.rooms if channels >= mics]
         if rooms and rng.random() < self.measured_fraction:
             folder = rooms[int(rng.integers(len(rooms)))]
             positions = rng.permutation(1 << 10)[: 1 + len(noises)].tolist()  # distinct source positions
             target_rir, *noise_rirs = self.corpus.load_rirs(folder, positions, mics)
-            noisy, target = mix(rng, speech, noises, target_rir, noise_rirs, self.spec)
+            noisy, target = mix(rng, speech, noises, target_rir, noise_rirs, self.spec, snr_db=plan["snr_db"])
         else:
             _, geometry = sample_array(rng, self.unseen, mics)
-            noisy, target = simulate(rng, speech, noises, geometry, self.spec)
+            noisy, target = simulate(rng, speech, noises, geometry, self.spec, t60=plan["t60"], snr_db=plan["snr_db"])
         item = (noisy.float().contiguous(), target.float().contiguous())
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ answered by code, limits enforced, state freed when a client goes."""
 
 import asyncio
 import json
+import sys
 
 import aiohttp
 import numpy as np
@@ -16,11 +17,20 @@ from speechnorm.server import EnhancementServer, Limits
 from speechnorm.stream import AtRate, StreamingEnhancer
 
 
+WORKERS = 0
+
+
+@pytest.fixture(autouse=True, params=[0, 2], ids=["event-loop", "workers"])
+def server_mode(request, monkeypatch):
+    """Every test here runs against both modes: the model in the event loop, and in 2 threads."""
+    monkeypatch.setattr(sys.modules[__name__], "WORKERS", request.param)
+
+
 def run_with_server(folder, body, **limits):
     """Run ``body(server, url)`` against a fresh server on an ephemeral port."""
 
     async def main():
-        server = EnhancementServer(folder, Limits(**limits), workers=2)
+        server = EnhancementServer(folder, Limits(**limits), workers=WORKERS)
         async with TestServer(server.app(), host="127.0.0.1") as http:
             return await body(server, str(http.make_url("/ws")).replace("http", "ws", 1), http)
 

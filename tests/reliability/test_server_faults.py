@@ -22,7 +22,7 @@ SPEECH = (0.2 * np.sin(2 * np.pi * 200 * np.arange(8000) / 16000)[None] * np.one
 
 
 async def serving(folder, body, **limits):
-    server = EnhancementServer(folder, Limits(**limits), workers=2)
+    server = EnhancementServer(folder, Limits(**limits))  # the default mode: the model in the event loop
     async with TestServer(server.app(), host="127.0.0.1") as http:
         return await body(server, str(http.make_url("/ws")).replace("http", "ws", 1))
 

@@ -1,0 +1,169 @@
+"""The real-speech evaluation set: every system on the same clips, from one scoring path, per condition.
+
+    speechnorm data                                          # the corpus (once)
+    python scripts/evaluate_real.py --model models/tac_gru_online_small --model runs/real_rooms/checkpoints/last.ckpt
+    python scripts/evaluate_real.py --items 12 --out /tmp/real   # quicker
+
+Clips: the ``test`` (seen array types) and ``test_unseen`` (arrays outside the training ranges)
+splits of ``recipes/real_rooms/conf.yaml``: speakers no training split hears (``speechnorm data``
+holds them out), every noise kind (real recorded, generated, babble of 3-8 real talkers, one
+competing talker), T60 0.2-1.0 s with the full late reverberation, SNR -5..10 dB (a competing
+talker 0..10 dB). The clips are a function of the recipe's seed only.
+
+Systems: the noisy reference mic, noisereduce, RNNoise and MVDR (as in ``evaluate_peers.py``),
+GTCRN (a small neural enhancer trained on DNS-Challenge data; its streaming ONNX graph is read
+from ``../shared/peers/gtcrn`` and skipped when absent), and each ``--model`` (a model folder,
+an exported .onnx or a checkpoint). Metrics: SI-SDR, PESQ-wb, STOI, DNSMOS (one function,
+``speechnorm.task``), against the target (direct path + 50 ms at mic 0). Writes
+``OUT/real_eval.{json,md,png}``: the mean per split, and per noise kind, T60 band and mic count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluate_peers import RNNoise, mvdr_peer, noisereduce_peer, ours, score  # noqa: E402
+
+from speechnorm.data.datamodule import EnhancementDataModule  # noqa: E402
+from speechnorm.evaluate import METRICS, Runner, mean, per_condition, t60_band  # noqa: E402
+
+RATE = 16_000
+GTCRN = Path(__file__).resolve().parents[2] / "shared" / "peers" / "gtcrn" / "gtcrn_simple.onnx"
+
+
+class Gtcrn:
+    """GTCRN's streaming graph, framed as its README says: 512-point FFT, hop 256, sqrt-Hann."""
+
+    N_FFT, HOP = 512, 256
+
+    def __init__(self, path: Path = GTCRN):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.window = np.sqrt(np.hanning(self.N_FFT + 1)[:-1]).astype(np.float32)  # periodic Hann, square root
+
+    def __call__(self, noisy: np.ndarray) -> np.ndarray:
+        x = noisy[0]
+        n = x.size
+        padded = np.concatenate([np.zeros(self.HOP, np.float32), x, np.zeros(self.N_FFT, np.float32)])
+        caches = {"conv_cache": np.zeros((2, 1, 16, 16, 33), np.float32), "tra_cache": np.zeros((2, 3, 1, 1, 16), np.float32),
+                  "inter_cache": np.zeros((2, 1, 33, 16), np.float32)}
+        out = np.zeros(padded.size + self.N_FFT, np.float32)
+        for t in range((n + self.HOP - 1) // self.HOP + 1):
+            frame = padded[t * self.HOP : t * self.HOP + self.N_FFT]
+            spectrum = np.fft.rfft(frame * self.window)
+            mix = np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)[None, :, None, :]
+            enh, *new = self.session.run(None, {"mix": mix, **caches})
+            caches = dict(zip(caches, new))
+            out[t * self.HOP : t * self.HOP + self.N_FFT] += np.fft.irfft(enh[0, :, 0, 0] + 1j * enh[0, :, 0, 1]) * self.window
+        return out[self.HOP : self.HOP + n]  # frame t covers [256 t - 256, 256 t + 256): undo the history offset
+
+
+def clips(config: str, items: int | None):
+    """(split, index, plan, noisy (M, N), clean (N,)) of the recipe's test splits."""
+    data_args = yaml.safe_load(Path(config).read_text())["data"]
+    data = EnhancementDataModule(**data_args)
+    data.setup()
+    for split in ("test", "test_unseen"):
+        dataset = data.datasets[split]
+        for index in range(min(items or len(dataset), len(dataset))):
+            noisy, target = dataset[index]
+            yield split, index, dataset.plan(index), noisy.numpy(), target.numpy()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="recipes/real_rooms/conf.yaml")
+    parser.add_argument("--model", action="append", default=[], help="a model folder, .onnx or .ckpt (repeatable)")
+    parser.add_argument("--items", type=int, default=None, help="clips per split (default: all)")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    systems = {"noisy": lambda x: x[0].copy(), "noisereduce": noisereduce_peer, "rnnoise": RNNoise(), "mvdr": mvdr_peer}
+    if GTCRN.exists():
+        systems["gtcrn"] = Gtcrn()
+    else:
+        print(f"GTCRN skipped: {GTCRN} is absent", file=sys.stderr)
+    for path in args.model:
+        name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.parent.name}/{Path(path).stem}"
+        systems[name] = ours(Runner(path))
+    rows = []
+    for split, index, plan, noisy, clean in clips(args.config, args.items):
+        row = {"split": split, "item": index, "mics": noisy.shape[0], "noise": plan["noise"],
+               "t60": round(plan["t60"], 3), "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
+        for name, system in systems.items():
+            started = time.perf_counter()
+            estimate = system(noisy)
+            row[f"{name}/rtf"] = (time.perf_counter() - started) / (noisy.shape[1] / RATE)
+            row.update({f"{name}/{k}": v for k, v in score(estimate[: clean.size], clean).items()})
+        rows.append(row)
+        print(f"{split} {index} ({plan['noise']}, T60 {plan['t60']:.2f}, {noisy.shape[0]} mics): "
+              + "  ".join(f"{n} {row[f'{n}/si_sdr']:.1f}" for n in systems), flush=True)
+    names = list(systems)
+    result = {"config": args.config, "clips": len(rows), "systems": names,
+              "mean": {split: {n: {m: mean([r[f"{n}/{m}"] for r in rows if r["split"] == split]) for m in (*METRICS, "rtf")}
+                               for n in names} for split in dict.fromkeys(r["split"] for r in rows)},
+              "per_condition": per_condition(rows, names), "per_item": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "real_eval.json").write_text(json.dumps(result, indent=2))
+    (out / "real_eval.md").write_text(markdown(result))
+    chart(result, out / "real_eval.png")
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    names = result["systems"]
+    lines = [f"{result['clips']} clips of `{result['config']}` (test + test_unseen), every system on the same clips.", ""]
+    for split, systems in result["mean"].items():
+        count = sum(1 for r in result["per_item"] if r["split"] == split)
+        lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(METRICS) + " | RTF |",
+                  "|---|" + "---:|" * (len(METRICS) + 1)]
+        lines += [f"| {n} | " + " | ".join(f"{systems[n][m]:.3f}" for m in METRICS) + f" | {systems[n]['rtf']:.3f} |"
+                  for n in names]
+        lines.append("")
+    for metric in ("si_sdr", "pesq", "stoi", "dnsmos_ovrl"):
+        lines += [f"### {metric} per condition (both splits)", "", "| grouping | condition | clips | " + " | ".join(names) + " |",
+                  "|---|---|---:|" + "---:|" * len(names)]
+        lines += [f"| {row['grouping']} | {row['condition']} | {row['clips']} | "
+                  + " | ".join(f"{row[f'{n}/{metric}']:.2f}" for n in names) + " |"
+                  for row in result["per_condition"] if row["grouping"] != "noise x T60 x mics"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["per_condition"] if r["grouping"] == "noise"]
+    names = result["systems"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for ax, metric in zip(axes, ("si_sdr", "pesq", "stoi", "dnsmos_ovrl")):
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            ax.bar(np.arange(len(rows)) + k * width, [r[f"{name}/{metric}"] for r in rows], width, label=name)
+        ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["condition"] for r in rows], rotation=20)
+        ax.set_title(metric)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
