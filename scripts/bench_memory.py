@@ -49,9 +49,10 @@ def one_case(norm: str, batch: int, seconds: float, mics: int, device: str) -> d
 
 def state_bytes(mics: int) -> int:
     from speechnorm.models import build
+    from speechnorm.state import flatten
 
     model = build("tac_gru", norm="online", size="small").eval()
-    return sum(t.numel() * t.element_size() for t in model.initial_state(1, mics=mics))
+    return sum(t.numel() * t.element_size() for t in flatten(model.initial_state(1, mics=mics)).values())
 
 
 def main(argv=None) -> None:

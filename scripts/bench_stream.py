@@ -2,6 +2,7 @@
 
     python scripts/bench_stream.py                              # every backend, every model and size, M = 1, 4, 8
     python scripts/bench_stream.py --backend onnx --models tac_gru --sizes small
+    python scripts/bench_stream.py --graphs old/model.onnx models/tac_gru_online_small/model.onnx   # exported files, same run
 
 Backends: ``torch`` (eager ``model.step``), ``torchscript`` (the same step traced and frozen; a
 speed reference, not a serving path: tracing drops the per-frame NaN check) and ``onnx`` (the
@@ -31,15 +32,38 @@ BACKENDS = ("torch", "torchscript", "onnx")
 def onnx_timings(model, mics: int, hops: int, warmup: int = 20) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         export_module(model, tmp, max_mics=max(8, mics))
-        stream = OnnxModel(f"{tmp}/model.onnx", threads=1).open(mics)
-        audio = (0.1 * np.random.default_rng(0).standard_normal((mics, model.hop))).astype(np.float32)
-        timings = []
-        for i in range(warmup + hops):
-            start = time.perf_counter()
-            stream.step(audio)
-            if i >= warmup:
-                timings.append(time.perf_counter() - start)
-        return timings
+        return graph_timings(f"{tmp}/model.onnx", mics, hops, warmup)
+
+
+def graph_timings(path: str, mics: int, hops: int, warmup: int = 20) -> list[float]:
+    """Seconds per hop of an exported step graph streamed through ``speechnorm.stream`` (IO binding)."""
+    onnx_model = OnnxModel(path, threads=1)
+    stream = onnx_model.open(mics)
+    audio = (0.1 * np.random.default_rng(0).standard_normal((mics, onnx_model.hop))).astype(np.float32)
+    timings = []
+    for i in range(warmup + hops):
+        start = time.perf_counter()
+        stream.step(audio)
+        if i >= warmup:
+            timings.append(time.perf_counter() - start)
+    return timings
+
+
+def compare_graphs(paths: list[str], mic_counts: list[int], hops: int, rounds: int = 5) -> None:
+    """Exported step graphs timed in the same run, interleaved round by round (machine noise hits all alike)."""
+    print(f"# exported step graphs, 1 thread, {rounds} interleaved rounds of {hops} hops; median ms/hop\n")
+    print("| graph | state tensors | mics | median ms/hop | RTF | × first graph |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mics in mic_counts:
+        samples = {path: [] for path in paths}
+        for _ in range(rounds):
+            for path in paths:
+                samples[path] += graph_timings(path, mics, hops)
+        medians = {path: float(np.median(samples[path])) for path in paths}
+        for path in paths:
+            states = len(OnnxModel(path).states)
+            print(f"| `{path}` | {states} | {mics} | {medians[path] * 1e3:.3f} | {medians[path] / 0.01:.3f} | "
+                  f"{medians[paths[0]] / medians[path]:.2f} |", flush=True)
 
 
 def main(argv=None):
@@ -50,8 +74,11 @@ def main(argv=None):
     parser.add_argument("--backend", choices=BACKENDS, nargs="+", default=list(BACKENDS))
     parser.add_argument("--models", nargs="+", default=sorted(available()))
     parser.add_argument("--sizes", nargs="+", default=["small", "base"])
+    parser.add_argument("--graphs", nargs="+", default=None, help="time these exported step graphs (model.onnx) instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.graphs:
+        return compare_graphs(args.graphs, args.mics, args.hops)
     print(f"# streaming step, {args.threads} thread(s), torch {torch.__version__}, {args.hops} hops\n")
     print("| model | size | params | mics | backend | median ms/hop | p99 ms/hop | RTF | × eager torch |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")

@@ -12,7 +12,6 @@ them (`speechnorm enhance`) and scores it, and writes the model card from those 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +22,9 @@ from speechnorm.assets import ASSETS, EXAMPLE
 from speechnorm.enhance import enhance_file, score_against
 from speechnorm.evaluate import METRICS, evaluate, markdown_table
 from speechnorm.export import export_model
+from speechnorm.export.card import write_card
 from speechnorm.models import count_parameters
+from speechnorm.models.checkpoint import load_model
 
 KEEP = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version", "global_step", "epoch")
 
@@ -46,10 +47,8 @@ def main(argv=None):
     for split in ("test", "test_unseen"):
         results[split] = evaluate(folder, split=split, out=folder / "evaluation" / split, pictures=2)
     task_hp = results["test"]["model"]
-    from speechnorm.evaluate import load
-
-    task, data_hp = load(folder)
-    model = task.model
+    model, hparams = load_model(folder)
+    data_hp = hparams["data"]
     card = {
         "name": args.name,
         "model": {k: task_hp[k] for k in ("model", "norm", "size", "model_config") if k in task_hp},
@@ -65,7 +64,7 @@ def main(argv=None):
         "items": {split: results[split]["items"] for split in results},
         "measured_with": f"python scripts/release_model.py {args.checkpoint} --name {args.name}",
     }
-    (folder / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    write_card(folder, card)
     card = export_model(folder, folder)  # adds the verified ONNX graphs and the card's "onnx" section
     with tempfile.TemporaryDirectory() as tmp:
         enhance_file(EXAMPLE, Path(tmp) / "enhanced.wav", model=folder, backend="onnx")
@@ -74,7 +73,7 @@ def main(argv=None):
     if args.logs:
         training_curve(Path(args.logs), folder / "training_curve.png")
     card["corpus"] = corpus_sources(card["training"]["data"])
-    (folder / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    card = write_card(folder, card)
     (folder / "README.md").write_text(model_card(card, results))
     shutil.rmtree(folder / "evaluation" / "test" / "__pycache__", ignore_errors=True)
     print((folder / "README.md").read_text())

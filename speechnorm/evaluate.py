@@ -19,20 +19,12 @@ from pathlib import Path
 import torch
 
 from .data.datamodule import EnhancementDataModule
-from .models.checkpoint import resolve_checkpoint
-from .task import EnhancementTask, dnsmos, quality_metrics
+from .models.checkpoint import load_model, resolve_checkpoint
+from .task import dnsmos, quality_metrics
 
 METRICS = ("si_sdr", "pesq", "stoi", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 SPLITS = ("val", "test", "test_unseen")
 BACKENDS = ("auto", "torch", "onnx")
-
-
-def load(path: str | Path) -> tuple[EnhancementTask, dict]:
-    """The task (in eval mode) and the data module's hyper-parameters stored with it, from one read."""
-    checkpoint = torch.load(resolve_checkpoint(path), map_location="cpu", weights_only=False)
-    task = EnhancementTask(**_accepted(EnhancementTask, checkpoint.get("hyper_parameters", {})))
-    task.load_state_dict(checkpoint["state_dict"])
-    return task.eval(), _accepted(EnhancementDataModule, checkpoint.get("datamodule_hyper_parameters", {}))
 
 
 def _accepted(cls, stored: dict) -> dict:
@@ -57,10 +49,11 @@ class Runner:
             self._load_onnx(path if path.suffix == ".onnx" else path / "model.onnx")
         else:
             self.onnx = None
-            self.task, self.data_hparams = load(path)
-            self.description = {**{k: self.task.hparams[k] for k in ("model", "norm", "size")}, "backend": "torch",
+            self.model, hparams = load_model(path)
+            self.data_hparams = _accepted(EnhancementDataModule, hparams["data"])
+            self.description = {**{k: hparams.get(k) for k in ("model", "norm", "size")}, "backend": "torch",
                                 "path": str(resolve_checkpoint(path))}
-            self.sample_rate, self.delay = self.task.model.sample_rate, self.task.model.delay_samples
+            self.sample_rate, self.delay = self.model.sample_rate, self.model.delay_samples
 
     def _load_onnx(self, onnx_file: Path) -> None:
         from .stream import OnnxModel
@@ -80,7 +73,7 @@ class Runner:
     def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
         if self.onnx is not None:
             return torch.from_numpy(self.onnx.offline(noisy.numpy()))
-        return self.task(noisy[None])[0]
+        return self.model(noisy[None])[0]
 
     def aligned(self, estimate: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop the fixed delay: estimate[n + delay] estimates target[n]."""

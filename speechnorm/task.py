@@ -75,17 +75,31 @@ class EnhancementTask(L.LightningModule):
         model, norm, size: what ``speechnorm.models.build`` builds; ``model_config`` overrides.
         lr, weight_decay: AdamW. stft_weight, sisdr_weight: the loss mix.
         quality_every_val: compute PESQ/STOI in validation (slow on long validation sets).
+        init_from: a checkpoint or released model folder whose model weights start this run (a warm
+            start: weights only, not its optimizer or step count); its model must match this one.
     """
 
     def __init__(
         self, model: str = "tac_gru", norm: str = "online", size: str = "small", model_config: dict | None = None,
         lr: float = 1e-3, weight_decay: float = 1e-5, sisdr_weight: float = 1.0, stft_weight: float = 1.0,
-        quality_every_val: bool = True,
+        quality_every_val: bool = True, init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = build(model, norm=norm, size=size, **(model_config or {}))
+        if init_from is not None:
+            self._warm_start(init_from)
         self.stft_loss = MultiResolutionSTFTLoss()
+
+    def _warm_start(self, path: str) -> None:
+        from .models.checkpoint import load_model
+
+        source, info = load_model(path)
+        try:
+            self.model.load_state_dict(source.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"init_from {path}: its model ({info.get('model')}, {info.get('size')}) does not match "
+                             f"this one ({self.hparams.model}, {self.hparams.size}): {str(err).splitlines()[0]}") from None
 
     def forward(self, noisy: Tensor) -> Tensor:
         return self.model(noisy)

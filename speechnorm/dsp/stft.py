@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..state import StateSpec
+
 
 def sqrt_hann(n_fft: int) -> Tensor:
     """Square root of the periodic Hann window: Σ_k w²[n + k·n_fft/2] = 1."""
@@ -75,13 +77,11 @@ class STFT(nn.Module):
         return (heads + tails).flatten(-2)
 
     # ------------------------------------------------------------------ streaming
-    def initial_state(self, shape: tuple[int, ...], device=None, dtype=None) -> tuple[Tensor, Tensor]:
-        """Zeros: the analysis buffer (*shape, delay) for audio of leading shape ``shape``, e.g.
-        (B, M), and the synthesis tail (B, delay) for one output channel per batch item."""
-        dtype = dtype or torch.float32
-        buffer = torch.zeros(*shape, self.delay, device=device, dtype=dtype)
-        tail = torch.zeros(shape[0], self.n_fft - self.hop, device=device, dtype=dtype)
-        return buffer, tail
+    def state_spec(self) -> dict[str, StateSpec]:
+        """The analysis buffer (per analysed channel) and the synthesis tail (per output channel),
+        zeros; a model decides how many streams of each it runs (e.g. B·M buffers, B tails)."""
+        return {"buffer": StateSpec(torch.zeros(self.delay), "analysis: the last n_fft - hop input samples"),
+                "tail": StateSpec(torch.zeros(self.n_fft - self.hop), "synthesis: the overlap-add tail of the output")}
 
     def analysis_step(self, hop_audio: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """One hop (..., hop) -> one frame's spectrum (..., 2, F), and the new buffer."""

@@ -25,9 +25,10 @@ import torch
 
 from ..assets import REAL_SPEECH
 from ..models import SpectralEnhancer, count_parameters
-from ..models.checkpoint import load_model, read_checkpoint, resolve_checkpoint
+from ..models.checkpoint import load_model, resolve_checkpoint
+from .card import read_card, write_card
 from .offline_graph import build_offline
-from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, OPSET, StateSpec, export_step, next_state_name, state_specs
+from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, OPSET, StateTensor, export_step, next_name, state_tensors
 
 TOLERANCE = 1e-4
 VERIFY_SECONDS = 4.0
@@ -53,7 +54,7 @@ def verification_audio(mics: int, sample_rate: int, seconds: float = VERIFY_SECO
     return np.stack(channels).astype(np.float32)
 
 
-def card_section(model: SpectralEnhancer, specs: list[StateSpec], max_mics: int, opset: int) -> dict:
+def card_section(model: SpectralEnhancer, specs: list[StateTensor], max_mics: int, opset: int) -> dict:
     return {
         "sample_rate": model.sample_rate,
         "hop_samples": model.hop,
@@ -65,16 +66,17 @@ def card_section(model: SpectralEnhancer, specs: list[StateSpec], max_mics: int,
         "step_graph": {
             "file": "model.onnx",
             "inputs": {AUDIO: [MIC_AXIS_NAME, model.hop], **{s.name: _symbolic(s) for s in specs}},
-            "outputs": {ENHANCED: [model.hop], **{next_state_name(i): _symbolic(s) for i, s in enumerate(specs)}},
+            "outputs": {ENHANCED: [model.hop], **{next_name(s.name): _symbolic(s) for s in specs}},
             "initial_state": "in the file's metadata (key 'speechnorm', field 'states'): each state's value for one "
                              "mic, float32 base64, repeated mics times along mic_axis",
+            "states": {s.name: {"shape": _symbolic(s), "meaning": s.doc} for s in specs},
         },
         "offline_graph": {"file": "model_offline.onnx", "inputs": {AUDIO: [MIC_AXIS_NAME, "samples"]},
                           "outputs": {ENHANCED: ["samples"]}, "samples": f"a multiple of {model.hop}"},
     }
 
 
-def _symbolic(spec: StateSpec) -> list:
+def _symbolic(spec: StateTensor) -> list:
     return [MIC_AXIS_NAME if axis == spec.mic_axis else size for axis, size in enumerate(spec.shape)]
 
 
@@ -107,9 +109,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, max_mics: int = 16
     """Export a checkpoint, verify, then write; returns the card. Raises ExportError (nothing written) on a mismatch."""
     model, hparams = load_model(checkpoint)
     out_dir = Path(out_dir)
-    card = _existing_card(out_dir)
+    card = read_card(out_dir)
     card.setdefault("model", {k: hparams.get(k) for k in ("model", "norm", "size", "model_config")})
-    data = {k: v for k, v in read_checkpoint(checkpoint).get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data = hparams.pop("data", {})
     if data:  # what `speechnorm evaluate` needs to rebuild the recipe's test data for the ONNX file
         card.setdefault("training", {}).setdefault("data", data)
     card["checkpoint"] = resolve_checkpoint(checkpoint).name
@@ -122,7 +124,7 @@ def export_module(model: SpectralEnhancer, out_dir: str | Path, card: dict | Non
     if not 1 <= max_mics <= 64:
         raise ValueError(f"max_mics must lie in [1, 64], got {max_mics}")
     model = model.eval()
-    specs = state_specs(model)
+    specs = state_tensors(model)
     step_bytes = export_step(model, specs, opset=opset)
     offline = build_offline(step_bytes, specs, model.hop)
     out_dir = Path(out_dir)
@@ -153,18 +155,7 @@ def export_module(model: SpectralEnhancer, out_dir: str | Path, card: dict | Non
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in ("model.onnx", "model_offline.onnx"):
             shutil.move(tmp / name, out_dir / name)
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
-
-
-def _existing_card(out_dir: Path) -> dict:
-    path = out_dir / "card.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it") from None
+    return write_card(out_dir, card)
 
 
 def _ort_version() -> str:

@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, StateSpec, next_state_name
+from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, StateTensor, next_name
 
 SAMPLES_AXIS_NAME = "samples"
 
 
-def build_offline(step_bytes: bytes, specs: list[StateSpec], hop: int) -> onnx.ModelProto:
+def build_offline(step_bytes: bytes, specs: list[StateTensor], hop: int) -> onnx.ModelProto:
     step = onnx.load_from_string(step_bytes)
     graph = step.graph
     inputs = {value.name: value for value in graph.input}
@@ -31,7 +31,7 @@ def build_offline(step_bytes: bytes, specs: list[StateSpec], hop: int) -> onnx.M
     hop_input = helper.make_tensor_value_info("hop_audio", TensorProto.FLOAT, [MIC_AXIS_NAME, hop])
     hop_output = helper.make_tensor_value_info("hop_enhanced", TensorProto.FLOAT, [hop])
     body_inputs = [inputs[spec.name] for spec in specs] + [hop_input]
-    body_outputs = [outputs[next_state_name(i)] for i in range(len(specs))] + [hop_output]
+    body_outputs = [outputs[next_name(spec.name)] for spec in specs] + [hop_output]
     body = helper.make_graph(list(graph.node), "step", body_inputs, body_outputs, list(graph.initializer))
 
     nodes, initializers = [], []

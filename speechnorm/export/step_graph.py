@@ -1,12 +1,14 @@
 """The streaming step as an ONNX graph: one hop of audio and the state in, one hop and the new state out.
 
-    audio (M, hop) float32, state_0 … state_{S-1}  ->  enhanced (hop,), next_state_0 … next_state_{S-1}
+    audio (M, hop) float32, state.<path> …  ->  enhanced (hop,), next_state.<path> …
 
-The batch is one stream (a server runs one graph call per stream and hop). The mic count M is a
-dynamic axis: every state tensor whose size depends on M has that axis named ``mics``.
-``StateSpec`` records, for every state tensor, its shape for one mic, its mic axis and its
-initial value for one mic; the state for M mics repeats that value M times along the mic axis
-(checked against ``model.initial_state`` when the specs are made).
+The state tensors are named after the layers that declare them (``speechnorm.state``), e.g.
+``state.rnn.layers.0.body.layers.1.mean`` is the Online Norm mean of the first GRU block. The
+batch is one stream (a server runs one graph call per stream and hop). The mic count M is a
+dynamic axis: the per-mic states (``SpectralEnhancer.PER_MIC``) have their stream axis named
+``mics``. ``StateTensor`` records, for every state tensor, its name, shape and initial value for
+one mic, its mic axis and meaning; the state for M mics repeats that value M times along the mic
+axis. Files exported before the states had names (``state_0`` …) still load.
 """
 
 from __future__ import annotations
@@ -18,31 +20,35 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..models import SpectralEnhancer
+from ..models.base import FlatStep
 
 AUDIO, ENHANCED = "audio", "enhanced"
 MIC_AXIS_NAME = "mics"
 OPSET = 17
 
 
-def state_name(index: int) -> str:
-    return f"state_{index}"
-
-
-def next_state_name(index: int) -> str:
-    return f"next_state_{index}"
+def next_name(name: str) -> str:
+    """The output that carries state ``name`` to the next hop: ``state.x`` -> ``next_state.x``
+    (and ``state_3`` -> ``next_state_3`` in files exported before the states had names)."""
+    return "next_" + name
 
 
 @dataclass(frozen=True)
-class StateSpec:
+class StateTensor:
     """One state tensor of the step graph."""
 
     name: str
     shape: tuple[int, ...]  # for one mic
     mic_axis: int | None  # the axis whose size is the mic count, or None
     initial: np.ndarray  # the initial value for one mic, float32, ``shape``
+    doc: str = ""
+
+    @property
+    def path(self) -> str:
+        """The module path and entry in the model's state (``rnn.layers.0.body.layers.1.mean``)."""
+        return self.name.removeprefix("state.")
 
     def initial_for(self, mics: int) -> np.ndarray:
         if self.mic_axis is None:
@@ -53,60 +59,41 @@ class StateSpec:
         return tuple(mics if axis == self.mic_axis else size for axis, size in enumerate(self.shape))
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "mic_axis": self.mic_axis,
+        return {"name": self.name, "shape": list(self.shape), "mic_axis": self.mic_axis, "doc": self.doc,
                 "initial_float32_base64": base64.b64encode(self.initial.astype("<f4").tobytes()).decode()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "StateSpec":
+    def from_json(cls, data: dict) -> "StateTensor":
         shape = tuple(int(s) for s in data["shape"])
         initial = np.frombuffer(base64.b64decode(data["initial_float32_base64"]), dtype="<f4").reshape(shape)
-        return cls(data["name"], shape, data["mic_axis"], initial.astype(np.float32))
+        return cls(data["name"], shape, data["mic_axis"], initial.astype(np.float32), data.get("doc", ""))
 
 
-def state_specs(model: SpectralEnhancer) -> list[StateSpec]:
-    """Find each state tensor's mic axis by comparing the states for 1 and 3 mics."""
-    one, three = model.initial_state(1, mics=1), model.initial_state(1, mics=3)
-    specs = []
-    for index, (a, b) in enumerate(zip(one, three)):
-        differing = [axis for axis in range(a.dim()) if a.shape[axis] != b.shape[axis]]
-        if len(differing) > 1 or (differing and (a.shape[differing[0]], b.shape[differing[0]]) != (1, 3)):
-            raise ValueError(f"state {index} grows with the mic count in an unsupported way: {tuple(a.shape)} for 1 mic, "
-                             f"{tuple(b.shape)} for 3")
-        spec = StateSpec(state_name(index), tuple(a.shape), differing[0] if differing else None,
-                         a.detach().float().numpy().copy())
-        if not np.array_equal(spec.initial_for(3), b.detach().float().numpy()):
-            raise ValueError(f"state {index}: the initial state for 3 mics is not the 1-mic state repeated per mic")
-        specs.append(spec)
-    return specs
+def state_tensors(model: SpectralEnhancer) -> list[StateTensor]:
+    """The graph's state tensors, from the layers' declarations: names, one-mic shapes, mic axes."""
+    tensors = []
+    for path, (spec, per_mic) in model.state_layout().items():
+        initial = spec.make(1).detach().float().numpy().copy()
+        tensors.append(StateTensor(f"state.{path}", tuple(initial.shape), spec.stream_axis if per_mic else None, initial,
+                                   spec.doc + (" — one per mic" if per_mic else "")))
+    return tensors
 
 
-class StepModule(torch.nn.Module):
-    """``model.step`` for one stream with flat inputs and outputs: (M, hop), *state -> (hop,), *state."""
-
-    def __init__(self, model: SpectralEnhancer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, audio: Tensor, *state: Tensor):
-        out, new_state = self.model.step(audio.unsqueeze(0), tuple(state))
-        return (out[0], *new_state)
-
-
-def export_step(model: SpectralEnhancer, specs: list[StateSpec], example_mics: int = 2, opset: int = OPSET) -> bytes:
+def export_step(model: SpectralEnhancer, specs: list[StateTensor], example_mics: int = 2, opset: int = OPSET) -> bytes:
     """The step graph as ONNX bytes (TorchScript exporter: it keeps the mic axis dynamic through the GRUs)."""
-    module = StepModule(model).eval()
+    module = FlatStep(model, [spec.path for spec in specs], single=True).eval()
     example = (torch.zeros(example_mics, model.hop),
                *(torch.from_numpy(spec.initial_for(example_mics)) for spec in specs))
     dynamic = {AUDIO: {0: MIC_AXIS_NAME}}
-    for index, spec in enumerate(specs):
+    for spec in specs:
         if spec.mic_axis is not None:
-            dynamic[state_name(index)] = dynamic[next_state_name(index)] = {spec.mic_axis: MIC_AXIS_NAME}
+            dynamic[spec.name] = dynamic[next_name(spec.name)] = {spec.mic_axis: MIC_AXIS_NAME}
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: the sizes are checked by verification
         torch.onnx.export(
             module, example, buffer, input_names=[AUDIO, *(s.name for s in specs)],
-            output_names=[ENHANCED, *(next_state_name(i) for i in range(len(specs)))],
+            output_names=[ENHANCED, *(next_name(s.name) for s in specs)],
             dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True,
         )
     return buffer.getvalue()

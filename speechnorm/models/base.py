@@ -1,8 +1,12 @@
 """What every enhancement model shares: audio in, audio out, offline or one hop at a time.
 
     enhanced = model(audio)                       # audio (B, M, N) float32, N a multiple of hop
-    state = model.initial_state(batch, mics=M)
+    state = model.initial_state(batch, mics=M)    # named, nested like the module tree
     out_hop, state = model.step(hop_audio, state) # hop_audio (B, M, hop) -> (B, hop)
+
+The state is what the layers declare (``speechnorm.state``), by module path. Parts of the model
+run once per mic (``PER_MIC``: the STFT's analysis buffer, the per-mic encoder): their states hold
+B·M streams, which is the mic axis of the exported graph; the rest hold B.
 
 The models here are spectral maskers: the causal STFT (``speechnorm.dsp``) of every mic,
 per-mic features, a network that sees all mics and returns a complex ratio mask, the mask
@@ -17,7 +21,7 @@ from torch import Tensor, nn
 
 from ..dsp import STFT
 from ..norm import NotStreamableError
-from .layers import State
+from ..state import State, StateSpec, flatten, specs, unflatten
 
 SAMPLE_RATE = 16_000
 EPS = 1e-8
@@ -52,10 +56,12 @@ def bounded_mask(raw: Tensor) -> Tensor:
 
 
 class SpectralEnhancer(nn.Module):
-    """Base class: the STFT around a mask network. Subclasses implement ``mask`` (a sequence),
-    ``mask_initial_state`` and ``mask_step`` (one frame)."""
+    """Base class: the STFT around a mask network. Subclasses implement ``mask`` (a sequence) and
+    ``mask_step`` (one frame); the state follows from their layers' declarations."""
 
     sample_rate = SAMPLE_RATE
+    #: Module paths (prefixes) whose state is per mic: B·M streams.
+    PER_MIC: tuple[str, ...] = ("stft.buffer", "encoder")
 
     def __init__(self, norm: str, n_fft: int = 320, hop: int = 160):
         super().__init__()
@@ -104,36 +110,72 @@ class SpectralEnhancer(nn.Module):
         spectrum = self.stft.analysis(audio)  # (B, M, 2, T, F)
         return self.stft.synthesis(apply_mask(self.mask(spectrum), spectrum[:, 0]))
 
-    def initial_state(self, batch: int, mics: int = 1, device=None, dtype=None) -> State:
-        """The state before the first hop: STFT buffers, then the network's state."""
+    def per_mic(self, path: str) -> bool:
+        return any(path == prefix or path.startswith(prefix + ".") for prefix in self.PER_MIC)
+
+    def state_layout(self) -> dict[str, tuple[StateSpec, bool]]:
+        """Every state tensor by path: its spec and whether it is per mic (the layers' declarations)."""
         try:
-            network = self.mask_initial_state(batch, mics, device=device, dtype=dtype)
+            declared = specs(self)
         except NotStreamableError as err:
             raise NotStreamableError(
                 f"{type(self).__name__} built with norm={self.norm!r} cannot stream ({err}); "
                 "build it with a causal normalizer such as 'online', or call .eval() for 'batch'"
             ) from None
-        return (*self.stft.initial_state((batch, mics), device=device, dtype=dtype), *network)
+        return {path: (spec, self.per_mic(path)) for path, (_, spec) in declared.items()}
+
+    def check_state(self, state: State, batch: int, mics: int) -> None:
+        """Raise a ValueError naming the entry where ``state`` differs from the declared layout."""
+        layout, got = self.state_layout(), flatten(state)
+        if got.keys() != layout.keys():
+            raise ValueError(f"{type(self).__name__}: state entries {sorted(got.keys() ^ layout.keys())} are "
+                             "not both declared and present")
+        for path, (spec, per_mic) in layout.items():
+            expected = spec.shape(batch * mics if per_mic else batch)
+            if tuple(got[path].shape) != expected:
+                raise ValueError(f"{type(self).__name__}: state '{path}' has shape {tuple(got[path].shape)}, "
+                                 f"declared {expected} for {batch} stream(s) of {mics} mic(s)")
+
+    def initial_state(self, batch: int, mics: int = 1, device=None, dtype=None) -> State:
+        """The state before the first hop, for ``batch`` streams of ``mics`` mics."""
+        return unflatten({path: spec.make(batch * mics if per_mic else batch, device, dtype)
+                          for path, (spec, per_mic) in self.state_layout().items()})
 
     def step(self, hop_audio: Tensor, state: State) -> tuple[Tensor, State]:
         """(B, M, hop) -> ((B, hop), new state). Pure: the module is not changed."""
         self._check_audio(hop_audio, hop_only=True)
-        buffer, tail, *network = state
-        if buffer.shape[:2] != hop_audio.shape[:2]:
-            raise ValueError(f"state was made for (B, M) = {tuple(buffer.shape[:2])}, got audio for {tuple(hop_audio.shape[:2])}")
-        frame, buffer = self.stft.analysis_step(hop_audio, buffer)  # (B, M, 2, F)
-        mask, network = self.mask_step(frame, tuple(network))
-        out, tail = self.stft.synthesis_step(apply_mask(mask, frame[:, 0]), tail)
-        return out, (buffer, tail, *network)
+        batch, mics = hop_audio.shape[:2]
+        stft = state["stft"]
+        if stft["buffer"].shape[0] != batch * mics:
+            raise ValueError(f"state was made for {stft['buffer'].shape[0]} (batch x mics) streams, got audio for "
+                             f"(B, M) = ({batch}, {mics})")
+        frame, buffer = self.stft.analysis_step(hop_audio.flatten(0, 1), stft["buffer"])  # (B·M, 2, F)
+        frame = frame.unflatten(0, (batch, -1))  # (B, M, 2, F); -1: the mic count stays dynamic when traced
+        mask, network = self.mask_step(frame, state)
+        out, tail = self.stft.synthesis_step(apply_mask(mask, frame[:, 0]), stft["tail"])
+        return out, {"stft": {"buffer": buffer, "tail": tail}, **network}
 
     # subclasses ------------------------------------------------------------
     def mask(self, spectrum: Tensor) -> Tensor:
         """(B, M, 2, T, F) -> complex mask (B, 2, T, F)."""
         raise NotImplementedError
 
-    def mask_initial_state(self, batch: int, mics: int, device=None, dtype=None) -> State:
+    def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
+        """(B, M, 2, F) and the model's state -> ((B, 2, F), the new state of the network's modules)."""
         raise NotImplementedError
 
-    def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        """(B, M, 2, F) -> ((B, 2, F), new state)."""
-        raise NotImplementedError
+
+class FlatStep(nn.Module):
+    """``model.step`` with the state as flat tensors in the order of ``paths``, for tracing
+    (TorchScript, ONNX export). ``single``: one stream without a batch axis, audio (M, hop) ->
+    (hop,), as the exported step graph takes it."""
+
+    def __init__(self, model: SpectralEnhancer, paths: list[str], single: bool = False):
+        super().__init__()
+        self.model, self.paths, self.single = model, paths, single
+
+    def forward(self, audio: Tensor, *state: Tensor):
+        out, new_state = self.model.step(audio.unsqueeze(0) if self.single else audio,
+                                         unflatten(dict(zip(self.paths, state))))
+        new_state = flatten(new_state)
+        return (out[0] if self.single else out, *(new_state[path] for path in self.paths))

@@ -2,6 +2,10 @@
 training code: the checkpoint's hyper-parameters name the model, its ``model.*`` weights fill it.
 
     model, info = load_model("models/tac_gru_online_small")   # or runs/.../last.ckpt
+
+The one loader of the project: evaluation, export, streaming and the release script all use it,
+so one checkpoint is one model everywhere. ``info`` holds the checkpoint's model hyper-parameters
+and, under ``"data"``, its data module's (what evaluation needs to rebuild the recipe's splits).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path) -> tuple[SpectralEnhancer, dict]:
-    """The model in eval mode, and the checkpoint's hyper-parameters (model name, norm, size, config)."""
+    """The model in eval mode, and the checkpoint's hyper-parameters (model name, norm, size, config;
+    ``"data"``: the data module's, without LightningCLI's private keys), from one read."""
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams["data"] = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
     try:
         model = build(hparams.get("model", "tac_gru"), norm=hparams.get("norm", "online"),
                       size=hparams.get("size", "small"), **(hparams.get("model_config") or {}))

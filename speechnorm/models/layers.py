@@ -3,10 +3,12 @@
 The contract (as for the normalizers in ``speechnorm.norm``):
 
     y = layer(x)                                   # x: (B, C, T) or (B, C, T, F); time is axis 2
-    state = layer.initial_state(batch, device=…, dtype=…)   # flat tuple of tensors
+    state = layer.initial_state(batch, device=…, dtype=…)   # named: {"hidden": …}, nested for containers
     y_t, state = layer.step(x_t, state)            # x_t: (B, C) or (B, C, F); pure
 
-Scanning ``step`` from ``initial_state`` reproduces ``forward``; that is tested generically.
+A layer with state declares it once in ``state_spec()`` (``speechnorm.state``); ``initial_state``
+follows from the declarations of the layer and its children. Scanning ``step`` from
+``initial_state`` reproduces ``forward``; that is tested generically for every registered layer.
 """
 
 from __future__ import annotations
@@ -15,20 +17,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..registry import Registry
+from ..state import State, StateSpec, initial_state
 
-State = tuple[Tensor, ...]
+EMPTY: State = {}
+#: Every streamable layer, by name, with a small example (a builder and an input shape): the
+#: contract tests run over this registry, so a new layer is tested by registering it.
+LAYERS: Registry = Registry("layer")
+
+
+def register_layer(name: str, *, example):
+    """Class decorator: register a streamable layer; ``example()`` -> (layer, input shape (B, C, T[, F]))."""
+
+    def decorate(cls):
+        LAYERS.add(name, (cls, example))
+        return cls
+
+    return decorate
 
 
 class Streamable(nn.Module):
-    """Base of the stateless, frame-local layers: step = forward on a one-frame sequence."""
+    """Base of every layer here: the state follows from ``state_spec()`` (none by default), and a
+    frame-local layer's step is its forward on a one-frame sequence."""
+
+    TIME_AXIS = 2  # of the sequence input; a frame is the sequence without it
+
+    def state_spec(self) -> dict[str, StateSpec]:
+        return {}
 
     def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        return ()
+        return initial_state(self, batch, device, dtype)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         return self.forward(x_t.unsqueeze(2)).squeeze(2), state
 
 
+@register_layer("pointwise", example=lambda: (Pointwise(6, 5), (2, 6, 7)))
 class Pointwise(Streamable):
     """A per-frame linear map of the channels (a 1×1 convolution): (B, C_in, T[, F]) -> (B, C_out, T[, F])."""
 
@@ -46,6 +70,7 @@ class Pointwise(Streamable):
         return self.forward(x_t), state
 
 
+@register_layer("activation", example=lambda: (Activation(6), (2, 6, 7)))
 class Activation(Streamable):
     """PReLU with one slope per channel."""
 
@@ -60,7 +85,8 @@ class Activation(Streamable):
         return self.act(x_t), state  # per channel on axis 1, whatever the rank
 
 
-class CausalConv1d(nn.Module):
+@register_layer("causal_conv1d", example=lambda: (CausalConv1d(4, 5, kernel=3, dilation=2), (2, 4, 9)))
+class CausalConv1d(Streamable):
     """Conv over time, causal: (B, C_in, T) -> (B, C_out, T); the state is the last
     ``dilation * (kernel - 1)`` input frames."""
 
@@ -72,15 +98,16 @@ class CausalConv1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (self.context, 0)))
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        return (torch.zeros(batch, self.conv.in_channels, self.context, device=device, dtype=dtype or torch.float32),)
+    def state_spec(self) -> dict[str, StateSpec]:
+        return {"past": StateSpec(torch.zeros(self.conv.in_channels, self.context), "the last input frames (C_in, context)")}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        window = torch.cat((state[0], x_t.unsqueeze(2)), dim=2)  # (B, C, context + 1)
-        return self.conv(window).squeeze(2), (window[:, :, 1:],)
+        window = torch.cat((state["past"], x_t.unsqueeze(2)), dim=2)  # (B, C, context + 1)
+        return self.conv(window).squeeze(2), {"past": window[:, :, 1:]}
 
 
-class CausalConv2d(nn.Module):
+@register_layer("causal_conv2d", example=lambda: (CausalConv2d(3, 4, in_freq=9, kernel_time=3, stride_freq=2), (2, 3, 6, 9)))
+class CausalConv2d(Streamable):
     """Conv over (time, frequency), causal in time: (B, C_in, T, F) -> (B, C_out, T, F').
 
     Time is left-padded by ``kernel_time - 1`` frames; the state is the last ``kernel_time - 1``
@@ -101,16 +128,16 @@ class CausalConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 0, self.context, 0)))
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        shape = (batch, self.conv.in_channels, self.context, self.in_freq)
-        return (torch.zeros(shape, device=device, dtype=dtype or torch.float32),)
+    def state_spec(self) -> dict[str, StateSpec]:
+        past = torch.zeros(self.conv.in_channels, self.context, self.in_freq)
+        return {"past": StateSpec(past, "the last input frames (C_in, kernel_time - 1, F)")}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        (past,) = state
-        window = torch.cat((past, x_t.unsqueeze(2)), dim=2)  # (B, C, kernel_time, F)
-        return self.conv(window).squeeze(2), (window[:, :, 1:],)
+        window = torch.cat((state["past"], x_t.unsqueeze(2)), dim=2)  # (B, C, kernel_time, F)
+        return self.conv(window).squeeze(2), {"past": window[:, :, 1:]}
 
 
+@register_layer("freq_transposed_conv", example=lambda: (FreqTransposedConv(4, 3), (2, 4, 5, 7)))
 class FreqTransposedConv(Streamable):
     """Transposed conv over frequency only (no time context): (B, C_in, T, F) -> (B, C_out, T, 2F - 1)."""
 
@@ -124,7 +151,8 @@ class FreqTransposedConv(Streamable):
         return self.conv(x)
 
 
-class GRU(nn.Module):
+@register_layer("gru", example=lambda: (GRU(5, 6, num_layers=2), (2, 5, 8)))
+class GRU(Streamable):
     """A unidirectional GRU over time on (B, C, T) -> (B, hidden, T); the state is the hidden vector."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
@@ -134,26 +162,27 @@ class GRU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.gru(x.transpose(1, 2))[0].transpose(1, 2)
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        shape = (self.gru.num_layers, batch, self.gru.hidden_size)
-        return (torch.zeros(shape, device=device, dtype=dtype or torch.float32),)
+    def state_spec(self) -> dict[str, StateSpec]:
+        hidden = torch.zeros(self.gru.num_layers, self.gru.hidden_size)
+        return {"hidden": StateSpec(hidden, "each GRU layer's hidden vector (layers, B, hidden)", stream_axis=1)}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One frame through each layer's fused GRU cell, with the same weights as ``forward``.
 
         Traced for export, the module itself runs on a one-frame sequence: one ONNX GRU node."""
         if torch.jit.is_tracing():
-            _, hidden_state = self.gru(x_t.unsqueeze(1), state[0])
-            return hidden_state[-1], (hidden_state,)  # the last layer's new state is the output
+            _, hidden_state = self.gru(x_t.unsqueeze(1), state["hidden"])
+            return hidden_state[-1], {"hidden": hidden_state}  # the last layer's new state is the output
         hidden = []
         for layer in range(self.gru.num_layers):
             weights = [getattr(self.gru, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            x_t = torch.gru_cell(x_t, state[0][layer], *weights)
+            x_t = torch.gru_cell(x_t, state["hidden"][layer], *weights)
             hidden.append(x_t)
-        return x_t, (torch.stack(hidden),)
+        return x_t, {"hidden": torch.stack(hidden)}
 
 
-class LSTM(nn.Module):
+@register_layer("lstm", example=lambda: (LSTM(5, 6, num_layers=2), (2, 5, 8)))
+class LSTM(Streamable):
     """A unidirectional LSTM over time on (B, C, T) -> (B, hidden, T); the state is (h, c)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
@@ -163,57 +192,52 @@ class LSTM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.lstm(x.transpose(1, 2))[0].transpose(1, 2)
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        shape = (self.lstm.num_layers, batch, self.lstm.hidden_size)
-        return tuple(torch.zeros(shape, device=device, dtype=dtype or torch.float32) for _ in range(2))
+    def state_spec(self) -> dict[str, StateSpec]:
+        zeros = torch.zeros(self.lstm.num_layers, self.lstm.hidden_size)
+        return {"hidden": StateSpec(zeros, "each LSTM layer's hidden vector (layers, B, hidden)", stream_axis=1),
+                "cell": StateSpec(zeros, "each LSTM layer's cell vector (layers, B, hidden)", stream_axis=1)}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One frame through each layer's fused LSTM cell, with the same weights as ``forward``.
 
         Traced for export, the module itself runs on a one-frame sequence: one ONNX LSTM node."""
         if torch.jit.is_tracing():
-            out, (h_n, c_n) = self.lstm(x_t.unsqueeze(1), (state[0], state[1]))
-            return out.squeeze(1), (h_n, c_n)
+            out, (h_n, c_n) = self.lstm(x_t.unsqueeze(1), (state["hidden"], state["cell"]))
+            return out.squeeze(1), {"hidden": h_n, "cell": c_n}
         hidden, cell = [], []
         for layer in range(self.lstm.num_layers):
             weights = [getattr(self.lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            h_t, c_t = torch.lstm_cell(x_t, (state[0][layer], state[1][layer]), *weights)
+            h_t, c_t = torch.lstm_cell(x_t, (state["hidden"][layer], state["cell"][layer]), *weights)
             hidden.append(h_t)
             cell.append(c_t)
             x_t = h_t
-        return x_t, (torch.stack(hidden), torch.stack(cell))
+        return x_t, {"hidden": torch.stack(hidden), "cell": torch.stack(cell)}
 
 
-class Sequential(nn.Module):
-    """Streamable layers in a row; the state is the concatenation of the children's states."""
+class Sequential(Streamable):
+    """Streamable layers in a row; the state is each layer's, under its index ({"layers": {"0": …}})."""
 
     def __init__(self, *layers: nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self._keys = [str(i) for i in range(len(layers))]
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x)
         return x
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        return tuple(s for layer in self.layers for s in layer.initial_state(batch, device=device, dtype=dtype))
-
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        new_state: list[Tensor] = []
-        for layer, layer_state in zip(self.layers, split_state(state, list(self.layers))):
-            x_t, layer_state = layer.step(x_t, layer_state)
-            new_state.extend(layer_state)
-        return x_t, tuple(new_state)
+        inner, new = state.get("layers", EMPTY), {}
+        for key, layer in zip(self._keys, self.layers):
+            x_t, layer_state = layer.step(x_t, inner.get(key, EMPTY))
+            if layer_state:
+                new[key] = layer_state
+        return x_t, ({"layers": new} if new else EMPTY)
 
 
-def state_size(layer: nn.Module) -> int:
-    """How many tensors the layer's state holds (fixed per layer, independent of the batch)."""
-    return len(layer.initial_state(1))
-
-
-class Residual(nn.Module):
-    """y = x + body(x), for a streamable body."""
+class Residual(Streamable):
+    """y = x + body(x), for a streamable body; the state is the body's ({"body": …})."""
 
     def __init__(self, body: nn.Module):
         super().__init__()
@@ -222,26 +246,12 @@ class Residual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> State:
-        return self.body.initial_state(batch, device=device, dtype=dtype)
-
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        y_t, state = self.body.step(x_t, state)
-        return x_t + y_t, state
+        y_t, body_state = self.body.step(x_t, state.get("body", EMPTY))
+        return x_t + y_t, ({"body": body_state} if body_state else EMPTY)
 
 
-def split_state(state: State, layers: list[nn.Module]) -> list[State]:
-    """Cut a concatenated state into each layer's part, in order."""
-    parts = []
-    for layer in layers:
-        count = state_size(layer)
-        parts.append(tuple(state[:count]))
-        state = state[count:]
-    if state:
-        raise ValueError(f"state has {len(state)} tensors more than the layers take")
-    return parts
-
-
+@register_layer("tac", example=lambda: (TAC(6, 5), (2, 3, 6, 7)))
 class TAC(Streamable):
     """Transform–average–concatenate across microphones (Luo et al. 2020), per frame.
 
@@ -250,6 +260,8 @@ class TAC(Streamable):
     back to C, added to the input. One set of weights for any M >= 1; permuting the mics permutes
     the output the same way.
     """
+
+    TIME_AXIS = 3
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from .base import SpectralEnhancer
+from ..state import flatten, unflatten
+from .base import FlatStep, SpectralEnhancer
 
 
 def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
@@ -26,28 +27,19 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> f
     return statistics.median(samples)
 
 
-class _Step(torch.nn.Module):
-    """``model.step`` as a module with flat inputs and outputs, for tracing."""
-
-    def __init__(self, model: SpectralEnhancer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, hop_audio, *state):
-        out, state = self.model.step(hop_audio, tuple(state))
-        return (out, *state)
-
-
 @torch.inference_mode()
 def traced_step(model: SpectralEnhancer, mics: int):
     """``step`` traced and frozen with TorchScript: (hop, state) -> (out, state)."""
     model = model.eval()
-    example = (torch.zeros(1, mics, model.hop), *model.initial_state(1, mics=mics))
-    traced = torch.jit.freeze(torch.jit.trace(_Step(model).eval(), example, check_trace=False))
+    initial = flatten(model.initial_state(1, mics=mics))
+    paths = list(initial)
+    example = (torch.zeros(1, mics, model.hop), *initial.values())
+    traced = torch.jit.freeze(torch.jit.trace(FlatStep(model, paths).eval(), example, check_trace=False))
 
     def step(hop_audio, state):
-        out, *state = traced(hop_audio, *state)
-        return out, tuple(state)
+        flat = flatten(state)
+        out, *new = traced(hop_audio, *(flat[path] for path in paths))
+        return out, unflatten(dict(zip(paths, new)))
 
     return step
 

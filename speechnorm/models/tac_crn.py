@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..norm import make_norm
 from .base import SpectralEnhancer, bounded_mask, spectral_features
-from .layers import GRU, TAC, Activation, CausalConv2d, FreqTransposedConv, Pointwise, Sequential, State, split_state
+from .layers import EMPTY, GRU, TAC, Activation, CausalConv2d, FreqTransposedConv, Pointwise, Sequential, State
 from .registry import register_model
 
 
@@ -60,9 +60,6 @@ class TacCRN(SpectralEnhancer):
         self.decoder = nn.ModuleList(decoder)
         self.bottleneck_shape = (channels[-1], freqs[-1])
 
-    def _stateful(self) -> list[nn.Module]:
-        return [*self.encoder, self.bottleneck, *self.decoder]
-
     def mask(self, spectrum: Tensor) -> Tensor:
         batch, mics, _, frames, _ = spectrum.shape
         x = spectral_features(spectrum).flatten(0, 1)  # (B·M, 3, T, F)
@@ -77,28 +74,20 @@ class TacCRN(SpectralEnhancer):
             x = stage(torch.cat((x, skip), dim=1))
         return bounded_mask(x)  # (B, 2, T, F)
 
-    def mask_initial_state(self, batch: int, mics: int, device=None, dtype=None) -> State:
-        kw = dict(device=device, dtype=dtype)
-        encoder = [s for stage in self.encoder for s in stage.initial_state(batch * mics, **kw)]
-        rest = [s for part in (self.bottleneck, *self.decoder) for s in part.initial_state(batch, **kw)]
-        return (*encoder, *rest)
-
     def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         batch = frame.shape[0]
-        parts = split_state(state, self._stateful())
-        enc_states, bot_state, dec_states = parts[: len(self.encoder)], parts[len(self.encoder)], parts[len(self.encoder) + 1 :]
+        encoder_state, decoder_state = state.get("encoder", EMPTY), state.get("decoder", EMPTY)
+        new_encoder, new_decoder = {}, {}
         x = spectral_features(frame).flatten(0, 1)  # (B·M, 3, F)
-        new_state: list[Tensor] = []
         skips = []
-        for stage, stage_state in zip(self.encoder, enc_states):
-            x, stage_state = stage.step(x, stage_state)
-            new_state.extend(stage_state)
+        for index, stage in enumerate(self.encoder):
+            x, new_encoder[str(index)] = stage.step(x, encoder_state.get(str(index), EMPTY))
             skips.append(x.unflatten(0, (batch, -1))[:, 0])  # -1: the mic count stays dynamic when traced
-        x, _ = self.tac.step(x.unflatten(0, (batch, -1)), ())
-        x, bot_state = self.bottleneck.step(x[:, 0].flatten(1), bot_state)  # (B, C·F')
-        new_state.extend(bot_state)
+        x, _ = self.tac.step(x.unflatten(0, (batch, -1)), EMPTY)
+        x, bottleneck_state = self.bottleneck.step(x[:, 0].flatten(1), state.get("bottleneck", EMPTY))  # (B, C·F')
         x = x.unflatten(1, self.bottleneck_shape)  # (B, C, F')
-        for stage, stage_state, skip in zip(self.decoder, dec_states, reversed(skips)):
-            x, stage_state = stage.step(torch.cat((x, skip), dim=1), stage_state)
-            new_state.extend(stage_state)
-        return bounded_mask(x), tuple(new_state)
+        for index, (stage, skip) in enumerate(zip(self.decoder, reversed(skips))):
+            x, new_decoder[str(index)] = stage.step(torch.cat((x, skip), dim=1), decoder_state.get(str(index), EMPTY))
+        parts = (("encoder", {k: v for k, v in new_encoder.items() if v}), ("bottleneck", bottleneck_state),
+                 ("decoder", {k: v for k, v in new_decoder.items() if v}))
+        return bounded_mask(x), {name: part for name, part in parts if part}

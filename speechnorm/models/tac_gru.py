@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..norm import make_norm
 from .base import SpectralEnhancer, bounded_mask, spectral_features
-from .layers import GRU, TAC, Activation, Pointwise, Residual, Sequential, State, split_state
+from .layers import EMPTY, GRU, TAC, Activation, Pointwise, Residual, Sequential, State
 from .registry import register_model
 
 
@@ -53,16 +53,12 @@ class TacGRU(SpectralEnhancer):
         raw = self.head(self.rnn(reference))  # (B, 2F, T)
         return bounded_mask(raw.unflatten(1, (2, bins)).transpose(-1, -2))  # (B, 2, T, F)
 
-    def mask_initial_state(self, batch: int, mics: int, device=None, dtype=None) -> State:
-        kw = dict(device=device, dtype=dtype)
-        return (*self.encoder.initial_state(batch * mics, **kw), *self.rnn.initial_state(batch, **kw))
-
     def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         batch, mics, _, bins = frame.shape
-        enc_state, rnn_state = split_state(state, [self.encoder, self.rnn])
         features = spectral_features(frame).flatten(0, 1).flatten(1)  # (B·M, 3F); no frozen sizes when traced
-        encoded, enc_state = self.encoder.step(features, enc_state)
-        reference, _ = self.tac.step(encoded.unflatten(0, (batch, -1)), ())
-        hidden, rnn_state = self.rnn.step(reference[:, 0], rnn_state)
-        raw, _ = self.head.step(hidden, ())
-        return bounded_mask(raw.unflatten(1, (2, bins))), (*enc_state, *rnn_state)
+        encoded, encoder_state = self.encoder.step(features, state.get("encoder", EMPTY))
+        reference, _ = self.tac.step(encoded.unflatten(0, (batch, -1)), EMPTY)
+        hidden, rnn_state = self.rnn.step(reference[:, 0], state.get("rnn", EMPTY))
+        raw, _ = self.head.step(hidden, EMPTY)
+        new = {name: part for name, part in (("encoder", encoder_state), ("rnn", rnn_state)) if part}
+        return bounded_mask(raw.unflatten(1, (2, bins))), new

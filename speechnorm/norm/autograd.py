@@ -66,20 +66,20 @@ class OnlineNormFunction(torch.autograd.Function):
             dtype = stat_dtype(compute)
             mean_x, var_x = _to_canonical(mean_x, layout, dtype), _to_canonical(var_x, layout, dtype)
             params = [None if p is None else p.detach().to(dtype) for p in (weight, bias)]
-            tr = fn.track(mean_x, var_x, mu0.to(dtype), var0.to(dtype), alpha_fwd, scan=ops.scan)
-            co = fn.forward_coefficients(mean_x, var_x, tr, params[0], params[1], eps, layer_scaling)
-            out = ops.affine(compute, _to_native(co.scale, layout), _to_native(co.shift, layout))
-        ctx.save_for_backward(compute, mean_x, var_x, *tr, *co[:5], co.inv_s)
+            tracking = fn.track(mean_x, var_x, mu0.to(dtype), var0.to(dtype), alpha_fwd, scan=ops.scan)
+            coefficients = fn.forward_coefficients(mean_x, var_x, tracking, params[0], params[1], eps, layer_scaling)
+            out = ops.affine(compute, _to_native(coefficients.scale, layout), _to_native(coefficients.shift, layout))
+        ctx.save_for_backward(compute, mean_x, var_x, *tracking, *coefficients[:5], coefficients.inv_s)
         param_dtypes = tuple(None if p is None else p.dtype for p in (weight, bias))
         ctx.meta = (layout, alpha_bkw, control, params[0], param_dtypes, x.dtype)
-        ctx.mark_non_differentiable(tr.mu_end, tr.var_end)
-        return out.to(x.dtype), tr.mu_end, tr.var_end
+        ctx.mark_non_differentiable(tracking.mu_end, tracking.var_end)
+        return out.to(x.dtype), tracking.mu_end, tracking.var_end
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mu, _grad_var):
         x, mean_x, var_x, *saved = ctx.saved_tensors
-        tr, co = fn.Tracking(*saved[:4]), fn.Coefficients(*saved[4:])
+        tracking, coefficients = fn.Tracking(*saved[:4]), fn.Coefficients(*saved[4:])
         layout, alpha_bkw, control, weight, param_dtypes, input_dtype = ctx.meta
         ops = backend_for(x)
         with torch.autocast(x.device.type, enabled=False):
@@ -91,16 +91,16 @@ class OnlineNormFunction(torch.autograd.Function):
                 u0 = v0 = mean_x.new_zeros(mean_x.shape[:-1])
             else:
                 u0, v0 = control[0].to(mean_x.dtype), control[1].to(mean_x.dtype)
-            gr = fn.backward_coefficients(
-                sum_g, sum_gx, x.shape[-1], mean_x, var_x, tr, co, weight, alpha_bkw, u0, v0, scan=ops.scan
+            gradients = fn.backward_coefficients(
+                sum_g, sum_gx, x.shape[-1], mean_x, var_x, tracking, coefficients, weight, alpha_bkw, u0, v0, scan=ops.scan
             )
             grad_x = ops.grad_affine(
-                grad_out, x, *(_to_native(c, layout) for c in (gr.cg, gr.cx, gr.c0)), dtype=input_dtype
+                grad_out, x, *(_to_native(c, layout) for c in (gradients.cg, gradients.cx, gradients.c0)), dtype=input_dtype
             )
         if control is not None:
-            control[0].copy_(gr.u_end)
-            control[1].copy_(gr.v_end)
-        grads = [None if d is None else g.to(d) for g, d in zip((gr.grad_weight, gr.grad_bias), param_dtypes)]
+            control[0].copy_(gradients.u_end)
+            control[1].copy_(gradients.v_end)
+        grads = [None if d is None else g.to(d) for g, d in zip((gradients.grad_weight, gradients.grad_bias), param_dtypes)]
         return grad_x, *grads, None, None, None, None, None, None, None, None
 
 

@@ -4,7 +4,7 @@ Layout: sequences are ``(B, C, T)`` or ``(B, C, T, F)`` — batch, features (cha
 stream axis), and optionally frequency bins. A frame is ``(B, C)`` or ``(B, C, F)``.
 
     y = norm(x)                                       # whole sequence
-    state = norm.initial_state(batch, device=..., dtype=...)   # flat tuple of tensors
+    state = norm.initial_state(batch, device=..., dtype=...)   # named: {"mean": ..., "var": ...} or {}
     y_t, state = norm.step(x_t, state)                # one frame; pure, no buffer is mutated
 
 Scanning ``step`` over time from ``initial_state`` reproduces ``norm(x)``. A normalizer whose
@@ -15,6 +15,8 @@ output at frame t depends on later frames (or, in training, on other batch eleme
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from ..state import State, StateSpec, initial_state
 
 
 class NotStreamableError(ValueError):
@@ -72,12 +74,16 @@ class SequenceNorm(nn.Module):
         if x.numel() == 0:
             raise ValueError(f"{name} got an empty input of shape {tuple(x.shape)}; it needs at least one sample")
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, ...]:
-        """The state before the first frame; frame-local normalizers have none."""
+    def state_spec(self) -> dict[str, StateSpec]:
+        """The state this normalizer carries between frames; frame-local normalizers have none."""
         self.require_streamable()
-        return ()
+        return {}
 
-    def step(self, x_t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def initial_state(self, batch: int, device=None, dtype=None) -> State:
+        """The state before the first frame, from ``state_spec``."""
+        return initial_state(self, batch, device, dtype)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One frame. Frame-local normalizers run their sequence forward on a one-frame sequence."""
         self.require_streamable()
         self.check_frame(x_t)

@@ -11,8 +11,9 @@ Notation follows ../shared/ONLINE_NORM.md: forward decay ``alpha`` (α_f), backw
 ``u`` (mean component) and ``v`` (component along y).
 
 Structure (the "three passes"): a parallel reduction over D for the per-sample moments, a
-log-depth scan of the small statistics sequences (``linear_scan``), then one parallel
-elementwise pass. The backward has the same shape. The affine transform and layer scaling are
+scan of the small statistics sequences (``linear_scan``: O(L) work in about 2·sqrt(L) chunked
+steps), then one parallel elementwise pass. The backward has the same shape. The affine
+transform and layer scaling are
 folded into that elementwise pass: the functions below compute, from small per-sample
 statistics, the coefficients of ``out = x * scale + shift`` and of
 ``grad_x = g * cg + x * cx + c0``; the big tensors are touched only by reductions and one
@@ -105,7 +106,7 @@ class Coefficients(NamedTuple):
 
 
 def forward_coefficients(
-    mean_x: Tensor, var_x: Tensor, tr: Tracking, weight: Tensor | None, bias: Tensor | None, eps: float, layer_scaling: bool
+    mean_x: Tensor, var_x: Tensor, tracking: Tracking, weight: Tensor | None, bias: Tensor | None, eps: float, layer_scaling: bool
 ) -> Coefficients:
     """out = LS(γ y + β) with y = (x - μ_{t-1}) / sqrt(σ²_{t-1} + eps), in closed form.
 
@@ -114,14 +115,14 @@ def forward_coefficients(
     so the output needs only the per-sample moments and one elementwise pass.
     Canonical shapes (P, C, L); weight and bias (C,) or None (γ = 1, β = 0).
     """
-    inv_std = torch.rsqrt(tr.var_prev + eps)
-    delta = mean_x - tr.mu_prev
+    inv_std = torch.rsqrt(tracking.var_prev + eps)
+    delta = mean_x - tracking.mu_prev
     mean_y = delta * inv_std
     mean_y2 = (var_x + delta.square()) * inv_std.square()
     gamma = 1.0 if weight is None else weight.view(1, -1, 1)
     beta = 0.0 if bias is None else bias.view(1, -1, 1)
     scale = gamma * inv_std
-    shift = beta - scale * tr.mu_prev
+    shift = beta - scale * tracking.mu_prev
     inv_s = None
     if layer_scaling:
         mean_h2 = scale.square() * var_x + (gamma * mean_y + beta).square()
@@ -148,8 +149,8 @@ def backward_coefficients(
     count: int,
     mean_x: Tensor,
     var_x: Tensor,
-    tr: Tracking,
-    co: Coefficients,
+    tracking: Tracking,
+    coefficients: Coefficients,
     weight: Tensor | None,
     alpha: float,
     u0: Tensor,
@@ -171,29 +172,29 @@ def backward_coefficients(
     """
     sum_x = count * mean_x
     sum_x2 = count * (var_x + mean_x.square())
-    if co.inv_s is None:
+    if coefficients.inv_s is None:
         cg, cx, c0 = 1.0, 0.0, 0.0
         sum_gh, sum_ghx = sum_g, sum_gx
     else:
-        sum_g_out = co.scale * sum_gx + co.shift * sum_g  # Σ_D g·out per feature
+        sum_g_out = coefficients.scale * sum_gx + coefficients.shift * sum_g  # Σ_D g·out per feature
         proj = sum_g_out.sum(dim=1, keepdim=True) / (sum_g.shape[1] * count)
-        cg, cx, c0 = co.inv_s, -co.inv_s * proj * co.scale, -co.inv_s * proj * co.shift
+        cg, cx, c0 = coefficients.inv_s, -coefficients.inv_s * proj * coefficients.scale, -coefficients.inv_s * proj * coefficients.shift
         sum_gh = cg * sum_g + cx * sum_x + c0 * count
         sum_ghx = cg * sum_gx + cx * sum_x2 + c0 * sum_x
-    sum_gh_y = co.inv_std * (sum_ghx - tr.mu_prev * sum_gh)  # Σ_D g_h·y
+    sum_gh_y = coefficients.inv_std * (sum_ghx - tracking.mu_prev * sum_gh)  # Σ_D g_h·y
     gamma = 1.0 if weight is None else weight.view(1, -1, 1)
     k = 1.0 - alpha
-    v = scan(1.0 - k * co.mean_y2, gamma * sum_gh_y / count, v0)
+    v = scan(1.0 - k * coefficients.mean_y2, gamma * sum_gh_y / count, v0)
     kv_prev = k * shift_in(v0, v)
-    u = scan(alpha, co.inv_std * (gamma * sum_gh / count - kv_prev * co.mean_y), u0)
+    u = scan(alpha, coefficients.inv_std * (gamma * sum_gh / count - kv_prev * coefficients.mean_y), u0)
     ku_prev = k * shift_in(u0, u)
     # grad_x = inv_std γ g_h - (1-α) v_{t-1} inv_std² (x - μ_{t-1}) - (1-α) u_{t-1}
-    outer = gamma * co.inv_std
-    damp = kv_prev * co.inv_std.square()
+    outer = gamma * coefficients.inv_std
+    damp = kv_prev * coefficients.inv_std.square()
     return Gradients(
         cg=outer * cg,
         cx=outer * cx - damp,
-        c0=outer * c0 + damp * tr.mu_prev - ku_prev,
+        c0=outer * c0 + damp * tracking.mu_prev - ku_prev,
         grad_weight=sum_gh_y.sum(dim=(0, 2)),
         grad_bias=sum_gh.sum(dim=(0, 2)),
         u_end=u[..., -1],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..state import State, StateSpec
 from . import functional as fn
 from .autograd import ActivationClamp, LayerScaling, OnlineNormFunction
 from .base import SequenceNorm, channel_view
@@ -165,19 +166,17 @@ class OnlineNorm(SequenceNorm):
         return h
 
     # ------------------------------------------------------------------ streaming (time axis)
-    def initial_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, Tensor]:
-        """(μ, σ²), each (batch, C): the running statistics every stream starts from."""
+    def state_spec(self) -> dict[str, StateSpec]:
+        """μ and σ², each (B, C): every stream starts from the running statistics learned in training."""
         self.require_streamable()
-        dtype = dtype or torch.float32
-        mu = self.running_mean.to(device=device, dtype=dtype).expand(batch, -1).clone()
-        var = self.running_var.to(device=device, dtype=dtype).expand(batch, -1).clone()
-        return mu, var
+        return {"mean": StateSpec(self.running_mean.detach(), "Online Norm's running mean μ per feature (B, C)"),
+                "var": StateSpec(self.running_var.detach(), "Online Norm's running variance σ² per feature (B, C)")}
 
-    def step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One frame (B, C) or (B, C, F) -> (the same shape, the new (μ, σ²)). Pure: no buffer changes."""
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One frame (B, C) or (B, C, F) -> (the same shape, the new {"mean", "var"}). Pure: no buffer changes."""
         self.require_streamable()
         self.check_frame(x_t)
-        mu, var = state
+        mu, var = state["mean"], state["var"]
         frame = x_t.unsqueeze(-1) if x_t.dim() == 2 else x_t  # (B, C, D); no frozen sizes when traced
         if frame.dtype in _LOW_PRECISION:
             frame = frame.float()
@@ -185,7 +184,7 @@ class OnlineNorm(SequenceNorm):
         out = self._affine_ecm(y)
         if out.dtype != x_t.dtype:
             out = out.to(x_t.dtype)
-        return (out.squeeze(-1) if x_t.dim() == 2 else out), (new_mu, new_var)
+        return (out.squeeze(-1) if x_t.dim() == 2 else out), {"mean": new_mu, "var": new_var}
 
     def extra_repr(self) -> str:
         return (

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..state import State, StateSpec
 from . import functional as fn
 from .base import SequenceNorm, channel_view
 from .registry import register_norm
@@ -182,23 +183,20 @@ class StreamingLpNorm(_AffineMixin, SequenceNorm):
         y = self._apply_affine(y)
         return y if x.dim() == 4 else y.squeeze(-1)
 
-    def initial_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, Tensor]:
-        """(μ, m), each (batch, C)."""
-        dtype = dtype or torch.float32
-        return tuple(
-            buf.to(device=device, dtype=dtype).expand(batch, -1).clone() for buf in (self.running_mean, self.running_moment)
-        )
+    def state_spec(self) -> dict[str, StateSpec]:
+        return {"mean": StateSpec(self.running_mean.detach(), "running mean μ per feature (B, C)"),
+                "moment": StateSpec(self.running_moment.detach(), "running p-th absolute central moment per feature (B, C)")}
 
-    def step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         self.check_frame(x_t)
-        mu, moment = state
+        mu, moment = state["mean"], state["moment"]
         frame = x_t.unsqueeze(-1) if x_t.dim() == 2 else x_t  # (B, C, F); no frozen sizes when traced
         mean_x = frame.mean(dim=-1)
         fn.require_finite(mean_x, "StreamingLpNorm.step")
         y = (frame - mu.unsqueeze(-1)) / (moment.pow(1.0 / self.p) + self.eps).unsqueeze(-1)
         new_moment = self.alpha * moment + (1 - self.alpha) * self._deviation(frame, mu)
         new_mu = self.alpha * mu + (1 - self.alpha) * mean_x
-        return self._apply_affine(y.squeeze(-1) if x_t.dim() == 2 else y), (new_mu, new_moment)
+        return self._apply_affine(y.squeeze(-1) if x_t.dim() == 2 else y), {"mean": new_mu, "moment": new_moment}
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, p={self.p}, alpha={self.alpha}, eps={self.eps}, affine={self.affine}"

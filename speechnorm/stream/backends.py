@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.step_graph import AUDIO, ENHANCED, StateSpec, next_state_name
+from ..export.step_graph import AUDIO, ENHANCED, StateTensor, next_name
 
 METADATA_KEY = "speechnorm"
 STEP_FILE, OFFLINE_FILE = "model.onnx", "model_offline.onnx"
@@ -71,7 +71,7 @@ class OnnxModel(ModelInfo):
         self.sample_rate, self.hop = int(meta["sample_rate"]), int(meta["hop_samples"])
         self.delay_samples, self.latency_ms = int(meta["delay_samples"]), float(meta["latency_ms"])
         self.min_mics, self.max_mics = int(meta["mics"]["min"]), int(meta["mics"]["max"])
-        self.states = [StateSpec.from_json(s) for s in meta["states"]]
+        self.states = [StateTensor.from_json(s) for s in meta["states"]]
         self.threads = threads
         self._offline = None
 
@@ -116,9 +116,9 @@ class OnnxStream:
 
         bind(binding.bind_input, AUDIO, self.audio)
         bind(binding.bind_output, ENHANCED, self.enhanced)
-        for index, (spec, state_in, state_out) in enumerate(zip(self.model.states, inputs, outputs)):
+        for spec, state_in, state_out in zip(self.model.states, inputs, outputs):
             bind(binding.bind_input, spec.name, state_in)
-            bind(binding.bind_output, next_state_name(index), state_out)
+            bind(binding.bind_output, next_name(spec.name), state_out)
         return binding
 
     def step(self, hop_audio: np.ndarray) -> np.ndarray:

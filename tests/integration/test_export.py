@@ -36,6 +36,12 @@ def test_step_and_offline_graphs_match_pytorch(tmp_path, name, config):
     model, _ = load_model(checkpoint)
     step, offline = ort_session(tmp_path / "out" / "model.onnx"), ort_session(tmp_path / "out" / "model_offline.onnx")
     assert [i.name for i in step.get_inputs()][0] == "audio" and step.get_outputs()[0].name == "enhanced"
+    # every state tensor is named after the layer that declares it, in and out
+    for name in [i.name for i in step.get_inputs()][1:]:
+        assert name.startswith("state.") and "next_" + name in [o.name for o in step.get_outputs()]
+        module_path, entry = name.removeprefix("state.").rsplit(".", 1)
+        assert entry in model.get_submodule(module_path).state_spec(), name
+        assert card["onnx"]["step_graph"]["states"][name]["meaning"]
     assert card["onnx"]["hop_samples"] == model.hop and card["onnx"]["latency_ms"] == model.latency_ms
     rng = np.random.default_rng(0)
     for mics in (2, 5):  # neither is the mic count the graph was traced with

@@ -127,3 +127,17 @@ def test_dnsmos_scores_an_estimate_that_peaks_beyond_full_scale():
     loud = 3.0 * torch.sin(2 * torch.pi * 220 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * 2 * t))
     scores = dnsmos(loud, 16000)
     assert scores == dnsmos(loud / loud.abs().max(), 16000)  # scaled to full scale, not refused
+
+
+def test_warm_start_copies_the_weights_and_refuses_another_model(tmp_path):
+    from conftest import save_checkpoint
+
+    from speechnorm.models.checkpoint import load_model
+
+    source = save_checkpoint(tmp_path / "source.ckpt", hidden=32, layers=1)
+    task = EnhancementTask(model="tac_gru", size="small", model_config={"hidden": 32, "layers": 1}, init_from=str(source))
+    expected, _ = load_model(source)
+    for (name, value), (_, wanted) in zip(task.model.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(value, wanted), name  # weights and normalizer statistics alike
+    with pytest.raises(ValueError, match="init_from .* does not match"):
+        EnhancementTask(model="tac_gru", size="small", model_config={"hidden": 16, "layers": 1}, init_from=str(source))

@@ -30,6 +30,7 @@ def streamed(model, audio):
     with torch.no_grad():
         for t in range(audio.shape[-1] // model.hop):
             out, state = model.step(audio[..., t * model.hop : (t + 1) * model.hop], state)
+            model.check_state(state, audio.shape[0], audio.shape[1])  # what the layers declare, every hop
             outs.append(out)
     return torch.cat(outs, dim=-1)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from speechnorm.norm import NotStreamableError, available, make_norm
+from speechnorm.state import check_state, flatten
 
 SHAPES = [(2, 6, 12), (3, 6, 12, 5)]
 KINDS = sorted(available())
@@ -40,7 +41,7 @@ def test_streaming_contract(kind, training, shape):
 
     if not norm.streamable:
         with pytest.raises(NotStreamableError):
-            norm.step(x[:, :, 0], ())
+            norm.step(x[:, :, 0], {})
         with pytest.raises(NotStreamableError):
             norm.initial_state(shape[0])
         later = x.clone()
@@ -52,10 +53,12 @@ def test_streaming_contract(kind, training, shape):
 
     with torch.no_grad():
         state = norm.initial_state(shape[0])
-        assert isinstance(state, tuple) and all(isinstance(s, torch.Tensor) for s in state)
+        assert isinstance(state, dict) and all(isinstance(s, torch.Tensor) for s in flatten(state).values())
+        check_state(norm, state, shape[0])
         frames = []
         for t in range(shape[2]):
             y_t, state = norm.step(x[:, :, t], state)
+            check_state(norm, state, shape[0])
             frames.append(y_t)
         whole = fresh_forward(norm, x)
     torch.testing.assert_close(torch.stack(frames, dim=2), whole, atol=1e-5, rtol=1e-5)

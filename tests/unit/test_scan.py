@@ -1,4 +1,4 @@
-"""The log-depth linear scan against the obvious sequential loop."""
+"""The sqrt(L)-chunked linear scan against the obvious sequential loop."""
 
 import pytest
 import torch

@@ -33,7 +33,8 @@ def test_streaming_equals_offline():
     spec = stft.analysis(audio)
     modified = spec[:, 0] * torch.rand_like(spec[:, 0])  # any spectral processing
     offline = stft.synthesis(modified)
-    buffer, tail = stft.initial_state((2, 4))
+    buffer, tail = torch.zeros(2, 4, stft.delay), torch.zeros(2, stft.n_fft - stft.hop)
+    assert {k: v.shape(1) for k, v in stft.state_spec().items()} == {"buffer": (1, stft.delay), "tail": (1, stft.delay)}
     frames, outs = [], []
     for t in range(15):
         frame, buffer = stft.analysis_step(audio[..., t * 160 : (t + 1) * 160], buffer)
