@@ -195,26 +195,34 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def chart(summary: dict, path: Path) -> None:
+CHART_METRICS = (("si_sdr", "SI-SDR (dB)"), ("pesq", "PESQ-wb"), ("stoi", "STOI"), ("dnsmos_ovrl", "DNSMOS OVRL"))
+
+
+def grouped_bars(path: Path, groups: list[str], series: list[str], value, tick_labels: str = "groups") -> None:
+    """One panel per metric of ``CHART_METRICS``: for each of ``groups`` on the x axis, a bar per
+    ``series`` (``value(group, series, metric)``); the legend names the series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = (("si_sdr", "SI-SDR (dB)"), ("pesq", "PESQ-wb"), ("stoi", "STOI"), ("dnsmos_ovrl", "DNSMOS OVRL"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8))
-    splits = list(summary)
-    names = list(summary[splits[0]])
-    width = 0.8 / len(splits)
-    for ax, (key, label) in zip(axes, metrics):
-        for k, split in enumerate(splits):
-            ax.bar(np.arange(len(names)) + k * width, [summary[split][n][key] for n in names], width, label=split)
-        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45, ha="right")
+    fig, axes = plt.subplots(1, len(CHART_METRICS), figsize=(4 * len(CHART_METRICS), 3.8))
+    width = 0.8 / len(series)
+    for ax, (key, label) in zip(axes, CHART_METRICS):
+        for k, name in enumerate(series):
+            ax.bar(np.arange(len(groups)) + k * width, [value(group, name, key) for group in groups], width, label=name)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=30, ha="right")
         ax.set_title(label)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def chart(summary: dict, path: Path) -> None:
+    """Systems on the x axis, a bar per split."""
+    splits = list(summary)
+    grouped_bars(path, list(summary[splits[0]]), splits, lambda system, split, key: summary[split][system][key])
 
 
 if __name__ == "__main__":

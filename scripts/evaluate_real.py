@@ -31,7 +31,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate_peers import RNNoise, mvdr_peer, noisereduce_peer, ours, score  # noqa: E402
+from evaluate_peers import RNNoise, grouped_bars, mvdr_peer, noisereduce_peer, ours, score  # noqa: E402
 
 from speechnorm.data.datamodule import EnhancementDataModule  # noqa: E402
 from speechnorm.evaluate import METRICS, Runner, mean, per_condition, t60_band  # noqa: E402
@@ -145,24 +145,9 @@ def markdown(result: dict) -> str:
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["per_condition"] if r["grouping"] == "noise"]
-    names = result["systems"]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    for ax, metric in zip(axes, ("si_sdr", "pesq", "stoi", "dnsmos_ovrl")):
-        width = 0.8 / len(names)
-        for k, name in enumerate(names):
-            ax.bar(np.arange(len(rows)) + k * width, [r[f"{name}/{metric}"] for r in rows], width, label=name)
-        ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["condition"] for r in rows], rotation=20)
-        ax.set_title(metric)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    """Noise kinds on the x axis, a bar per system."""
+    rows = {r["condition"]: r for r in result["per_condition"] if r["grouping"] == "noise"}
+    grouped_bars(path, list(rows), result["systems"], lambda kind, system, key: rows[kind][f"{system}/{key}"])
 
 
 if __name__ == "__main__":

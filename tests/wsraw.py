@@ -34,3 +34,25 @@ def ws_frame(payload: bytes, opcode: int) -> bytes:
     else:
         head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
     return head + b"\x00\x00\x00\x00" + payload
+
+
+def flooding_client(url: str) -> tuple[socket.socket, callable]:
+    """A raw client (tiny receive buffer) that has started a 1-channel stream, and a function that
+    sends it 0.5 s messages without reading until the server stops taking them (or drops it)."""
+    import json
+
+    import numpy as np
+
+    sock = raw_websocket(url)
+    sock.sendall(ws_frame(json.dumps({"type": "start", "sample_rate": 16000, "channels": 1}).encode(), 0x1))
+    flood = ws_frame((0.1 * np.ones(8000, "<f4")).tobytes(), 0x2)
+
+    def send_without_reading(timeout: float = 0.2, messages: int = 2000) -> None:
+        sock.settimeout(timeout)
+        try:
+            for _ in range(messages):
+                sock.sendall(flood)
+        except OSError:  # timed out (the server stopped reading) or reset (it dropped us)
+            pass
+
+    return sock, send_without_reading

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from speechnorm.client import encode, stream_audio
-from wsraw import raw_websocket, ws_frame
+from wsraw import flooding_client
 from speechnorm.server import EnhancementServer, Limits
 from speechnorm.stream import AtRate, StreamingEnhancer
 
@@ -76,18 +76,7 @@ def test_a_client_that_stops_reading_is_dropped_and_others_are_served(tiny_expor
 
     async def body(server, url):
         loop = asyncio.get_running_loop()
-        sock = await loop.run_in_executor(None, raw_websocket, url)
-        sock.sendall(ws_frame(json.dumps({"type": "start", "sample_rate": 16000, "channels": 1}).encode(), 0x1))
-        flood = ws_frame(encode(0.1 * np.ones((1, 8000), np.float32), "f32le"), 0x2)
-        sock.settimeout(0.2)
-
-        def send_without_reading():
-            try:
-                for _ in range(2000):
-                    sock.sendall(flood)
-            except OSError:  # timed out (the server stopped reading) or reset (it dropped us)
-                pass
-
+        sock, send_without_reading = await loop.run_in_executor(None, flooding_client, url)
         sender = loop.run_in_executor(None, send_without_reading)
         honest = await stream_audio(url, SPEECH, 16000)  # served meanwhile, exactly
         for _ in range(200):

@@ -22,7 +22,7 @@ from speechnorm.enhance import default_model
 from speechnorm.server import EnhancementServer, Limits
 from speechnorm.stream import AtRate, StreamingEnhancer
 
-from wsraw import raw_websocket, ws_frame
+from wsraw import flooding_client, raw_websocket, ws_frame
 
 pytestmark = pytest.mark.reliability
 SPEECH = (0.2 * np.sin(2 * np.pi * 200 * np.arange(8000) / 16000)[None] * np.ones((2, 1))).astype(np.float32)
@@ -239,19 +239,8 @@ def test_a_client_reset_while_the_server_is_blocked_sending_leaves_a_clean_log(t
 
     async def body(server, url, http):
         loop = asyncio.get_running_loop()
-        sock = await loop.run_in_executor(None, raw_websocket, url)  # tiny receive buffer, never reads
-        sock.sendall(ws_frame(json.dumps({"type": "start", "sample_rate": 16000, "channels": 1}).encode(), 0x1))
-        flood = ws_frame(encode(0.1 * np.ones((1, 8000), np.float32), "f32le"), 0x2)
-        sock.settimeout(0.5)
-
-        def flood_until_blocked():
-            try:
-                for _ in range(2000):
-                    sock.sendall(flood)
-            except OSError:
-                pass
-
-        await loop.run_in_executor(None, flood_until_blocked)
+        sock, flood_until_blocked = await loop.run_in_executor(None, flooding_client, url)  # never reads
+        await loop.run_in_executor(None, flood_until_blocked, 0.5)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # RST while the server is blocked writing to it
         for _ in range(100):
