@@ -4,8 +4,9 @@
     python scripts/evaluate_real.py --model models/tac_gru_online_small --model runs/real_rooms/checkpoints/last.ckpt
     python scripts/evaluate_real.py --items 12 --out /tmp/real   # quicker
 
-Clips: the ``test`` (seen array types) and ``test_unseen`` (arrays outside the training ranges)
-splits of ``recipes/real_rooms/conf.yaml``: speakers no training split hears (``speechnorm data``
+Clips: the ``test_unseen`` split of ``recipes/real_rooms/conf.yaml`` (48 clips; ``--splits test
+test_unseen`` adds the seen array types): arrays outside the training ranges (clusters of 2-8
+mics, 7-8-mic circles), speakers no training split hears (``speechnorm data``
 holds them out), every noise kind (real recorded, generated, babble of 3-8 real talkers, one
 competing talker), T60 0.2-1.0 s with the full late reverberation, SNR -5..10 dB (a competing
 talker 0..10 dB). The clips are a function of the recipe's seed only.
@@ -70,12 +71,12 @@ class Gtcrn:
         return out[self.HOP : self.HOP + n]  # frame t covers [256 t - 256, 256 t + 256): undo the history offset
 
 
-def clips(config: str, items: int | None):
+def clips(config: str, items: int | None, splits: list[str]):
     """(split, index, plan, noisy (M, N), clean (N,)) of the recipe's test splits."""
     data_args = yaml.safe_load(Path(config).read_text())["data"]
     data = EnhancementDataModule(**data_args)
     data.setup()
-    for split in ("test", "test_unseen"):
+    for split in splits:
         dataset = data.datasets[split]
         for index in range(min(items or len(dataset), len(dataset))):
             noisy, target = dataset[index]
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="recipes/real_rooms/conf.yaml")
     parser.add_argument("--model", action="append", default=[], help="a model folder, .onnx or .ckpt (repeatable)")
     parser.add_argument("--items", type=int, default=None, help="clips per split (default: all)")
+    parser.add_argument("--splits", nargs="+", default=["test_unseen"], choices=["test", "test_unseen"])
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
         name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.parent.name}/{Path(path).stem}"
         systems[name] = ours(Runner(path))
     rows = []
-    for split, index, plan, noisy, clean in clips(args.config, args.items):
+    for split, index, plan, noisy, clean in clips(args.config, args.items, args.splits):
         row = {"split": split, "item": index, "mics": noisy.shape[0], "noise": plan["noise"],
                "t60": round(plan["t60"], 3), "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
         for name, system in systems.items():
@@ -126,7 +128,9 @@ def main(argv=None) -> int:
 
 def markdown(result: dict) -> str:
     names = result["systems"]
-    lines = [f"{result['clips']} clips of `{result['config']}` (test + test_unseen), every system on the same clips.", ""]
+    splits = " + ".join(dict.fromkeys(r["split"] for r in result["per_item"]))
+    lines = [f"{result['clips']} clips of `{result['config']}` ({splits}), every system on the same clips, "
+             "scored by one function (`speechnorm.task`).", ""]
     for split, systems in result["mean"].items():
         count = sum(1 for r in result["per_item"] if r["split"] == split)
         lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(METRICS) + " | RTF |",
@@ -135,7 +139,7 @@ def markdown(result: dict) -> str:
                   for n in names]
         lines.append("")
     for metric in ("si_sdr", "pesq", "stoi", "dnsmos_ovrl"):
-        lines += [f"### {metric} per condition (both splits)", "", "| grouping | condition | clips | " + " | ".join(names) + " |",
+        lines += [f"### {metric} per condition", "", "| grouping | condition | clips | " + " | ".join(names) + " |",
                   "|---|---|---:|" + "---:|" * len(names)]
         lines += [f"| {row['grouping']} | {row['condition']} | {row['clips']} | "
                   + " | ".join(f"{row[f'{n}/{metric}']:.2f}" for n in names) + " |"

@@ -151,3 +151,18 @@ def test_evaluation_items_do_not_depend_on_the_batch_size(tiny_corpus):
 
     for (a, plan_a), (b, plan_b) in zip(items(2), items(4)):
         assert plan_a == plan_b and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_per_condition_means_group_the_clips_by_each_factor():
+    from speechnorm.evaluate import METRICS, per_condition, t60_band
+
+    rows = []
+    for i, (noise, t60, mics) in enumerate([("babble", 0.3, 4), ("babble", 0.9, 4), ("talker", 0.9, 8)]):
+        row = {"noise": noise, "t60_band": t60_band(t60), "mics": mics}
+        row.update({f"{who}/{m}": float(i + (10 if who == "enhanced" else 0)) for who in ("noisy", "enhanced") for m in METRICS})
+        rows.append(row)
+    table = {(r["grouping"], r["condition"]): r for r in per_condition(rows)}
+    assert table[("noise", "babble")]["clips"] == 2 and table[("noise", "babble")]["enhanced/si_sdr"] == 10.5
+    assert table[("noise", "talker")]["noisy/pesq"] == 2.0
+    assert table[("T60", "T60>=0.7s")]["clips"] == 2 and table[("mics", "8")]["clips"] == 1
+    assert table[("noise x T60 x mics", "babble / T60<0.4s / 4")]["enhanced/stoi"] == 10.0
