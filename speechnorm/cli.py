@@ -69,6 +69,8 @@ def _export(args: argparse.Namespace) -> int:
 def _enhance(args: argparse.Namespace) -> int:
     from .enhance import enhance_file
 
+    if args.reference:
+        from .task import quality_metrics  # noqa: F401  (scoring needs the training install: fail before enhancing)
     done = enhance_file(args.input, args.output, model=args.model, backend=args.backend, offline=args.offline)
     seconds = done["samples"] / done["sample_rate"]
     print(f"enhanced {done['input']} ({done['mics']} mics, {done['sample_rate']} Hz, {seconds:.1f} s) -> {done['output']}")
@@ -175,21 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What the training install (`speechnorm[train]`) adds; the runtime install has none of it.
+TRAINING_MODULES = {"torch", "torchaudio", "lightning", "onnx", "yaml", "torchmetrics", "jsonargparse", "pyroomacoustics",
+                    "pesq", "pystoi", "speechmos", "librosa", "matplotlib", "tensorboard"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # LightningCLI parses the recipe and its overrides itself
-        from .train import run
-
-        return run(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    command = argv[0] if argv else None
     try:
-        return args.run(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        print(f"speechnorm {args.command}: error: {err}", file=sys.stderr)
+        if command == "train":  # LightningCLI parses the recipe and its overrides itself
+            from .train import run
+
+            return run(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        try:
+            return args.run(args)
+        except (ValueError, OSError, RuntimeError) as err:
+            print(f"speechnorm {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        print(f"speechnorm {command}: needs the training install ({err.name} is missing): "
+              "pip install 'speechnorm[train]'", file=sys.stderr)
         return 2
 
 

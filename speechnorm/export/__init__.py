@@ -3,6 +3,6 @@ graph, and a card that names every tensor. ``export_model`` verifies both graphs
 onnxruntime against PyTorch before it writes anything."""
 
 from .exporter import ExportError, export_model, export_module
-from .step_graph import StateTensor
+from ..graph_io import StateTensor
 
 __all__ = ["ExportError", "StateTensor", "export_model", "export_module"]

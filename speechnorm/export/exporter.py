@@ -28,7 +28,8 @@ from ..models import SpectralEnhancer, count_parameters
 from ..models.checkpoint import load_model, resolve_checkpoint
 from .card import read_card, write_card
 from .offline_graph import build_offline
-from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, OPSET, StateTensor, export_step, next_name, state_tensors
+from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, StateTensor, next_name
+from .step_graph import OPSET, export_step, state_tensors
 
 TOLERANCE = 1e-4
 VERIFY_SECONDS = 4.0

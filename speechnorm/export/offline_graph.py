@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .step_graph import AUDIO, ENHANCED, MIC_AXIS_NAME, StateTensor, next_name
+from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, StateTensor, next_name
 
 SAMPLES_AXIS_NAME = "samples"
 

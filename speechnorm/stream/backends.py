@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.step_graph import AUDIO, ENHANCED, StateTensor, next_name
+from ..graph_io import AUDIO, ENHANCED, StateTensor, next_name
 
 METADATA_KEY = "speechnorm"
 STEP_FILE, OFFLINE_FILE = "model.onnx", "model_offline.onnx"
