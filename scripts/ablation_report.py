@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from speechnorm.data.datamodule import EnhancementDataModule
-from speechnorm.evaluate import _accepted, evaluate, load
+from speechnorm.evaluate import _accepted, evaluate
+from speechnorm.models.checkpoint import load_model
 from speechnorm.models.speed import median_seconds
 
 SPLITS = ("test", "test_unseen")
@@ -32,16 +33,15 @@ SHOWN = ("si_sdr", "pesq", "stoi", "dnsmos_ovrl")
 
 
 @torch.no_grad()
-def train_eval_gap(task, batch: torch.Tensor) -> float:
-    model = task.model
+def train_eval_gap(model, batch: torch.Tensor) -> float:
     in_eval = model.eval()(batch[:1])[0]
     in_train = model.train()(batch)[0]  # after: a training forward may move the running statistics
     model.eval()
     return float((in_train - in_eval).norm() / in_eval.norm())
 
 
-def step_seconds(task, batch_size: int) -> float:
-    model = task.model.train()
+def step_seconds(model, batch_size: int) -> float:
+    model = model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     audio = 0.1 * torch.randn(batch_size, 4, 32000)
 
@@ -65,7 +65,8 @@ def main(argv=None) -> None:
         checkpoints = sorted(run.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
         if not checkpoints:
             continue
-        task, data_hparams = load(checkpoints[-1])
+        model, hparams = load_model(checkpoints[-1])
+        data_hparams = hparams["data"]
         if clip is None:  # the same 8 test items for every run (identical data settings)
             data = EnhancementDataModule(**_accepted(EnhancementDataModule, data_hparams))
             data.prepare_data()
@@ -78,10 +79,10 @@ def main(argv=None) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 result = evaluate(checkpoints[-1], split=split, out=tmp, items=args.items, pictures=0)
             metrics.update({f"{split}/{k}": v for k, v in result["mean"].items()})
-        norm, batch = task.hparams["norm"], data_hparams.get("batch_size")
+        norm, batch = hparams["norm"], data_hparams.get("batch_size")
         rows.append({"run": run.name, "norm": norm, "batch": batch, "steps": torch.load(
             checkpoints[-1], map_location="cpu", weights_only=False).get("global_step"),
-            "train_eval_gap": train_eval_gap(task, clip), "ms_per_step": 1e3 * step_seconds(task, batch),
+            "train_eval_gap": train_eval_gap(model, clip), "ms_per_step": 1e3 * step_seconds(model, batch),
             **{f"{s}/{m}": metrics.get(f"{s}/enhanced/{m}", float("nan")) for s in SPLITS for m in SHOWN},
             **{f"{s}/noisy/{m}": metrics.get(f"{s}/noisy/{m}", float("nan")) for s in SPLITS for m in SHOWN}})
         print(f"{run.name}: done", flush=True)

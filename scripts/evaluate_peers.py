@@ -44,7 +44,7 @@ from speechnorm.assets import ASSETS, EXAMPLE
 from speechnorm.data.datamodule import EnhancementDataModule
 from speechnorm.data.resample import resample
 from speechnorm.evaluate import METRICS, Runner, mean
-from speechnorm.task import dnsmos, quality_metrics
+from speechnorm.scoring import score_clip
 
 RATE = 16_000
 MODEL = Path("models/tac_gru_online_small")
@@ -107,6 +107,9 @@ def mvdr_peer(noisy: np.ndarray) -> np.ndarray:
 
 
 def ours(runner: Runner):
+    if runner.delay != DELAY:
+        raise ValueError(f"{runner.description['path']}: delay {runner.delay} samples, the comparison assumes {DELAY}")
+
     def enhance(noisy: np.ndarray) -> np.ndarray:
         out = runner(torch.from_numpy(noisy)).numpy()
         return np.pad(out[runner.delay :], (0, runner.delay))  # align: out[n + delay] estimates x[n]
@@ -132,9 +135,16 @@ def clips(items: int | None):
     yield "real_example", 0, np.ascontiguousarray(noisy.T), clean
 
 
-def score(estimate: np.ndarray, clean: np.ndarray) -> dict:
-    est, ref = torch.from_numpy(np.ascontiguousarray(estimate)), torch.from_numpy(np.ascontiguousarray(clean))
-    return {**quality_metrics(est, ref, RATE), **dnsmos(est, RATE)}
+#: Our models' fixed delay: every system is scored over the first N - DELAY samples of a clip, the
+#: span ``speechnorm evaluate`` scores our models over, so a checkpoint has one number per clip.
+DELAY = 160
+
+
+def score(estimate: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
+    """One system's aligned output on one clip, by ``speechnorm.scoring.score_clip`` over the common span."""
+    span = clean.shape[-1] - DELAY
+    scores = score_clip(estimate[:span], noisy[:, :span], clean[:span], RATE, with_noisy=False)
+    return {key.removeprefix("enhanced/"): value for key, value in scores.items()}
 
 
 def main(argv=None) -> None:
@@ -160,7 +170,7 @@ def main(argv=None) -> None:
             estimate = system(noisy)
             seconds = time.perf_counter() - start
             rows.append({"split": split, "item": index, "system": name, "mics": noisy.shape[0],
-                         "rtf": seconds / (noisy.shape[1] / RATE), **score(estimate, clean)})
+                         "rtf": seconds / (noisy.shape[1] / RATE), **score(estimate, noisy, clean)})
         print(f"{split} {index}: done", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

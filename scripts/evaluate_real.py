@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             estimate = system(noisy)
             row[f"{name}/rtf"] = (time.perf_counter() - started) / (noisy.shape[1] / RATE)
-            row.update({f"{name}/{k}": v for k, v in score(estimate[: clean.size], clean).items()})
+            row.update({f"{name}/{k}": v for k, v in score(estimate, noisy, clean).items()})
         rows.append(row)
         print(f"{split} {index} ({plan['noise']}, T60 {plan['t60']:.2f}, {noisy.shape[0]} mics): "
               + "  ".join(f"{n} {row[f'{n}/si_sdr']:.1f}" for n in systems), flush=True)

@@ -40,11 +40,14 @@ def free_port() -> int:
 
 
 async def wait_healthy(url: str, seconds: float = 60.0) -> None:
+    """Until /health answers, from every process of a pool."""
     deadline = time.time() + seconds
     async with aiohttp.ClientSession() as client:
         while time.time() < deadline:
             try:
-                if (await client.get(url)).status == 200:
+                response = await client.get(url)
+                pool = (await response.json()).get("processes") if response.status == 200 else None
+                if response.status == 200 and (pool is None or pool["reporting"] == pool["configured"]):
                     return
             except aiohttp.ClientError:
                 pass
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--workers", type=int, default=None, help="the server's model threads (0: in its event loop)")
     parser.add_argument("--hog", action="store_true", help="one more client sending 1 MiB messages every 2 s")
+    parser.add_argument("--processes", type=int, default=1, help="server processes sharing the port")
     args = parser.parse_args(argv)
     audio, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
     audio = np.ascontiguousarray(np.tile(audio.T[: args.mics], (1, int(np.ceil(args.seconds * rate / audio.shape[0]))))
@@ -108,10 +112,12 @@ def main(argv=None) -> int:
         command += ["--model", args.model]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
+    if args.processes > 1:
+        command += ["--processes", str(args.processes)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         asyncio.run(wait_healthy(f"http://127.0.0.1:{port}/health"))
-        print(f"# {args.mics}-mic streams of {args.seconds:g} s at real-time pace, 10 ms messages, "
+        print(f"# {args.processes} server process(es); {args.mics}-mic streams of {args.seconds:g} s at real-time pace, 10 ms messages, "
               f"{args.buffer_ms:g} ms playback buffer; {os.cpu_count()} CPUs shared by server and clients\n")
         if args.hog:
             print("# beside them, one client sends a 1 MiB message (~33 s of 1-channel s16le audio) every 2 s\n")

@@ -70,7 +70,7 @@ def _enhance(args: argparse.Namespace) -> int:
     from .enhance import enhance_file
 
     if args.reference:
-        from .task import quality_metrics  # noqa: F401  (scoring needs the training install: fail before enhancing)
+        from .scoring import quality_metrics  # noqa: F401  (scoring needs the training install: fail before enhancing)
     done = enhance_file(args.input, args.output, model=args.model, backend=args.backend, offline=args.offline)
     seconds = done["samples"] / done["sample_rate"]
     print(f"enhanced {done['input']} ({done['mics']} mics, {done['sample_rate']} Hz, {seconds:.1f} s) -> {done['output']}")
@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
                     idle_timeout_s=args.idle_timeout, send_timeout_s=args.slow_consumer_timeout)
     serve(args.model or default_model(), host=args.host, port=args.port, limits=limits, backend=args.backend,
-          workers=args.workers, expose_peers=args.health_peers)
+          workers=args.workers, expose_peers=args.health_peers, processes=args.processes)
     return 0
 
 
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slow-consumer-timeout", type=float, default=5.0,
                        help="seconds a reply may stay unread (learned by ping/pong) before the client is dropped")
     serve.add_argument("--health-peers", action="store_true", help="list each stream's peer address in /health")
+    serve.add_argument("--processes", type=int, default=1,
+                       help="server processes sharing the port (SO_REUSEPORT; a stream stays in one), e.g. one per core")
     serve.add_argument("--workers", type=int, default=0,
                        help="threads running the model (default 0: in the event loop; scale out with more processes)")
     serve.set_defaults(run=_serve)

@@ -146,7 +146,7 @@ def score_against(noisy: str | Path, enhanced: str | Path, clean: str | Path) ->
     import torch
 
     from .data.audio_io import read_audio
-    from .task import quality_metrics
+    from .scoring import quality_metrics
 
     reference, rate = read_audio(clean, check_clipping=False)
     signals = {"noisy": read_audio(noisy, rate, check_clipping=False)[0][0],

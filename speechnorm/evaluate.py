@@ -20,7 +20,7 @@ import torch
 
 from .data.datamodule import EnhancementDataModule
 from .models.checkpoint import load_model, resolve_checkpoint
-from .task import dnsmos, quality_metrics
+from .scoring import align, score_clip
 
 METRICS = ("si_sdr", "pesq", "stoi", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 SPLITS = ("val", "test", "test_unseen")
@@ -75,9 +75,6 @@ class Runner:
             return torch.from_numpy(self.onnx.offline(noisy.numpy()))
         return self.model(noisy[None])[0]
 
-    def aligned(self, estimate: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drop the fixed delay: estimate[n + delay] estimates target[n]."""
-        return estimate[..., self.delay :], target[..., : target.shape[-1] - self.delay]
 
 
 def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluation", items: int | None = None,
@@ -95,17 +92,16 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
     rows = []
     for index in range(count):
         noisy, target = dataset[index]
-        enhanced, aligned_target = runner.aligned(runner(noisy), target)
-        reference = noisy[0, : aligned_target.shape[-1]]
+        estimate = runner(noisy)
         plan = dataset.plan(index)
         row = {"item": index, "mics": noisy.shape[0], "noise": plan["noise"], "t60": round(plan["t60"], 3),
                "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
-        for who, signal in (("noisy", reference), ("enhanced", enhanced)):
-            scores = {**quality_metrics(signal, aligned_target, runner.sample_rate), **dnsmos(signal, runner.sample_rate)}
-            row.update({f"{who}/{k}": v for k, v in scores.items()})
+        row.update(score_clip(estimate, noisy, target, runner.sample_rate, runner.delay))
         rows.append(row)
         if index < pictures:
-            spectrograms(out / f"{split}_{index:03d}.png", reference, enhanced, aligned_target, runner.sample_rate)
+            enhanced, aligned_target = align(estimate, target, runner.delay)
+            spectrograms(out / f"{split}_{index:03d}.png", noisy[0, : aligned_target.shape[-1]], enhanced, aligned_target,
+                         runner.sample_rate)
     summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in METRICS}
     result = {"checkpoint": runner.description["path"], "split": split, "items": count,
               "model": runner.description, "mean": summary, "per_condition": per_condition(rows), "per_item": rows}

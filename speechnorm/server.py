@@ -23,36 +23,18 @@ import itertools
 import json
 import logging
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
-from .receipts import ReadReceipts
-from .stream import AtRate, StreamingEnhancer, load
+from .session import FORMATS, PROTOCOL_VERSION, SLICE_MS, ProtocolError, Session, StreamStats, quote  # noqa: F401
+from .stream import load
 
 log = logging.getLogger("speechnorm.serve")
-PROTOCOL_VERSION = 1
 STATIC = Path(__file__).resolve().parents[1] / "serve" / "static"
-FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 CLOSE_TRY_AGAIN_LATER = 1013
-#: Model work per scheduling turn: a message is enhanced in slices this long (2 hops), other
-#: streams' work runs in between.
-SLICE_MS = 20
-#: The longest repr of a client's value quoted back in an error message.
-QUOTE_CHARS = 60
-
-
-def quote(value) -> str:
-    """A client's value as an error message shows it: repr, cut short (never a 1 MiB echo)."""
-    try:
-        text = repr(value)
-    except ValueError:  # e.g. an int too long to print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
 
 
 @dataclass
@@ -68,121 +50,17 @@ class Limits:
         return min(0.5, self.send_timeout_s / 4)
 
 
-class ProtocolError(Exception):
-    """A message the protocol does not allow; ``fatal`` ones close the connection."""
-
-    def __init__(self, code: str, message: str, fatal: bool = False):
-        super().__init__(message)
-        self.code, self.fatal = code, fatal
-
-
-@dataclass
-class StreamStats:
-    id: int
-    peer: str
-    started: float = field(default_factory=time.time)
-    sample_rate: int = 0
-    channels: int = 0
-    format: str = ""
-    samples_in: int = 0
-    samples_out: int = 0
-    messages: int = 0
-    errors: int = 0
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
-
-    def summary(self, peer: bool = False) -> dict:
-        """Counters and latency; the peer address only when ``peer`` (operators' choice, not clients')."""
-        lat = sorted(self.latencies_ms)
-        pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)) if lat else (lambda q: None)
-        return {"id": self.id, **({"peer": self.peer} if peer else {}), "sample_rate": self.sample_rate, "channels": self.channels,
-                "format": self.format, "seconds_in": self.samples_in / self.sample_rate if self.sample_rate else 0.0,
-                "samples_in": self.samples_in, "samples_out": self.samples_out, "messages": self.messages,
-                "errors": self.errors, "latency_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None}}
-
-
-class Session:
-    """One connection's stream: parses messages, owns the engine. Never touches another's state."""
-
-    def __init__(self, server: "EnhancementServer", stats: StreamStats):
-        self.server, self.stats = server, stats
-        self.engine: AtRate | None = None
-        self.dtype: np.dtype | None = None
-        self.receipts = ReadReceipts()
-        self.dropped = False
-
-    def start(self, message: dict) -> dict:
-        if self.engine is not None:
-            raise ProtocolError("already_started", "this connection already streams; send 'stop' before a new 'start'")
-        rate, channels, fmt = message.get("sample_rate"), message.get("channels"), message.get("format", "f32le")
-        if not isinstance(fmt, str) or fmt not in FORMATS:
-            raise ProtocolError("bad_start", f"format must be one of {sorted(FORMATS)}, got {quote(fmt)}")
-        model = self.server.model
-        if not isinstance(channels, int) or isinstance(channels, bool) or not model.min_mics <= channels <= model.max_mics:
-            raise ProtocolError("bad_start", f"channels must be an integer from {model.min_mics} to {model.max_mics}, "
-                                             f"got {quote(channels)}")
-        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 192_000:
-            raise ProtocolError("bad_start", f"sample_rate must be an integer from 8000 to 192000 Hz, got {quote(rate)}")
-        try:
-            self.engine = AtRate(StreamingEnhancer(model, channels), rate)
-        except ValueError as err:
-            raise ProtocolError("bad_start", str(err)) from None
-        self.dtype = FORMATS[fmt]
-        self.stats.sample_rate, self.stats.channels, self.stats.format = rate, channels, fmt
-        return {"type": "ready", "protocol": PROTOCOL_VERSION, "stream": self.stats.id, "model": model.name,
-                "model_sample_rate": model.sample_rate, "hop_ms": 1000 * model.hop / model.sample_rate,
-                "latency_ms": model.latency_ms, "max_message_bytes": self.server.limits.max_message_bytes}
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        """Interleaved PCM -> (channels, n) float32; refuses a partial frame before anything is consumed."""
-        if self.engine is None:
-            raise ProtocolError("not_started", "send a 'start' message before audio")
-        frame_bytes = self.dtype.itemsize * self.stats.channels
-        if len(payload) % frame_bytes:
-            raise ProtocolError("bad_frame", f"{len(payload)} bytes is not a whole number of {self.stats.channels}-channel "
-                                             f"{self.stats.format} frames ({frame_bytes} bytes each)")
-        samples = np.frombuffer(payload, dtype=self.dtype).reshape(-1, self.stats.channels).T
-        samples = samples.astype(np.float32) / 32768.0 if self.dtype.kind == "i" else samples.astype(np.float32)
-        try:  # the whole message, before any of it is consumed: a refused message changes nothing
-            return self.engine.engine.check(samples)
-        except ValueError as err:
-            raise ProtocolError("bad_audio", str(err)) from None
-
-    def slices(self, samples: np.ndarray) -> list[np.ndarray]:
-        """``samples`` (channels, n) in pieces of ``SLICE_MS``: the unit of model work per turn."""
-        step = max(1, self.stats.sample_rate * SLICE_MS // 1000)
-        return [samples[:, start : start + step] for start in range(0, samples.shape[1], step)] or [samples]
-
-    def encode(self, enhanced: np.ndarray) -> bytes:
-        if self.dtype.kind == "i":
-            return np.clip(np.round(enhanced * 32768.0), -32768, 32767).astype(self.dtype).tobytes()
-        return enhanced.astype(self.dtype).tobytes()
-
-    def process(self, samples: np.ndarray) -> bytes:
-        """One slice of checked audio through the engine -> encoded enhanced samples."""
-        out = self.engine.process(samples)
-        self.stats.samples_in += samples.shape[1]
-        self.stats.samples_out += out.size
-        return self.encode(out)
-
-    def stop(self) -> tuple[bytes, dict]:
-        if self.engine is None:
-            raise ProtocolError("not_started", "nothing to stop: no stream was started")
-        tail = self.engine.flush()
-        self.stats.samples_out += tail.size
-        reply = {"type": "stopped", "samples_in": self.stats.samples_in, "samples_out": self.stats.samples_out}
-        self.engine = None
-        return self.encode(tail), reply
-
-
 class EnhancementServer:
     def __init__(self, model_path: str | Path, limits: Limits | None = None, backend: str = "auto",
-                 workers: int = 0, static_dir: Path | None = STATIC, expose_peers: bool = False):
+                 workers: int = 0, static_dir: Path | None = STATIC, expose_peers: bool = False,
+                 board=None, id_start: int = 1, id_step: int = 1):
         self.model = load(model_path, backend=backend, threads=1)
         self.limits = limits or Limits()
         # workers=0: run the model in the event loop itself (no thread hand-off per message)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="enhance") if workers > 0 else None
         self.sessions: dict[int, Session] = {}
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(id_start, id_step)  # unique across the processes of a pool
+        self.board = board  # a server_pool.HealthBoard when several processes share the port
         self.served = 0
         self.slow_consumers_dropped = 0
         self.expose_peers = expose_peers
@@ -199,7 +77,19 @@ class EnhancementServer:
         app.router.add_get("/static/{name:.*}", self.static)
         app.on_response_prepare.append(self._no_banner)
         app.on_shutdown.append(self._shutdown)
+        if self.board is not None:
+            app.on_startup.append(self._start_publishing)
         return app
+
+    async def _start_publishing(self, app: web.Application) -> None:
+        async def publish_forever():
+            from .server_pool import PUBLISH_EVERY_S
+
+            while True:
+                self.board.publish(self.local_health())
+                await asyncio.sleep(PUBLISH_EVERY_S)
+
+        self._publisher = asyncio.create_task(publish_forever())
 
     @staticmethod
     async def _no_banner(request: web.Request, response: web.StreamResponse) -> None:
@@ -215,14 +105,22 @@ class EnhancementServer:
         return web.FileResponse(path)
 
     async def health(self, request: web.Request) -> web.Response:
+        body = self.local_health()
+        if self.board is not None:  # a pool: every process's streams, counters summed
+            from .server_pool import combine
+
+            self.board.publish(body)
+            body = combine(body, self.board.others(), self.board.processes)
+        return web.json_response(body)
+
+    def local_health(self) -> dict:
         model = self.model
-        body = {"status": "ok", "protocol": PROTOCOL_VERSION,
+        return {"status": "ok", "protocol": PROTOCOL_VERSION,
                 "model": {"name": model.name, "backend": type(model).__name__, "sample_rate": model.sample_rate,
                           "latency_ms": model.latency_ms, "mics": [model.min_mics, model.max_mics]},
                 "connections": {"active": len(self.sessions), "max": self.limits.max_connections, "served": self.served,
                                 "slow_consumers_dropped": self.slow_consumers_dropped},
                 "streams": [s.stats.summary(peer=self.expose_peers) for s in self.sessions.values()]}
-        return web.json_response(body)
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         # aiohttp refuses a message of max_msg_size bytes or more; the protocol allows "at most" the limit
@@ -384,9 +282,23 @@ class EnhancementServer:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+def run_one(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
+            backend: str = "auto", workers: int = 0, expose_peers: bool = False, board=None, id_start: int = 1,
+            id_step: int = 1) -> None:
+    """One server process (``board``: it is one of a pool sharing the port)."""
+    server = EnhancementServer(model_path, limits, backend=backend, workers=workers, expose_peers=expose_peers,
+                               board=board, id_start=id_start, id_step=id_step)
+    if board is None or board.index == 0:
+        pool = f", {board.processes} processes" if board is not None else ""
+        print(f"speechnorm serve: {server.model.name} ({type(server.model).__name__}) on http://{host}:{port}/ "
+              f"(WebSocket /ws, health /health; protocol v{PROTOCOL_VERSION}, serve/PROTOCOL.md{pool})", flush=True)
+    web.run_app(server.app(), host=host, port=port, print=None, reuse_port=board is not None)
+
+
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-          backend: str = "auto", workers: int = 0, expose_peers: bool = False) -> None:
-    server = EnhancementServer(model_path, limits, backend=backend, workers=workers, expose_peers=expose_peers)
-    print(f"speechnorm serve: {server.model.name} ({type(server.model).__name__}) on http://{host}:{port}/ "
-          f"(WebSocket /ws, health /health; protocol v{PROTOCOL_VERSION}, serve/PROTOCOL.md)", flush=True)
-    web.run_app(server.app(), host=host, port=port, print=None)
+          backend: str = "auto", workers: int = 0, expose_peers: bool = False, processes: int = 1) -> None:
+    """``speechnorm serve``: one process, or ``processes`` sharing the port (``server_pool``)."""
+    from .server_pool import serve_pool
+
+    serve_pool(processes, model_path=model_path, host=host, port=port, limits=limits, backend=backend,
+               workers=workers, expose_peers=expose_peers)

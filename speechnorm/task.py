@@ -19,6 +19,7 @@ from torchmetrics.functional.audio import scale_invariant_signal_distortion_rati
 
 from .dsp import STFT
 from .models import build
+from .scoring import align, quality_metrics, score_clip
 
 log = logging.getLogger(__name__)
 TEST_SPLITS = ("test", "test_unseen")
@@ -39,33 +40,6 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
             convergence = (mags[1] - mags[0]).norm() / (mags[1].norm() + 1e-7)
             total = total + convergence + (mags[0].log() - mags[1].log()).abs().mean()
         return total / len(self.stfts)
-
-
-def quality_metrics(estimate: Tensor, target: Tensor, sample_rate: int) -> dict[str, float]:
-    """SI-SDR, wide-band PESQ and STOI of one utterance (1-D tensors); PESQ is NaN where it fails."""
-    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality, short_time_objective_intelligibility
-
-    out = {"si_sdr": si_sdr(estimate, target).item()}
-    try:
-        out["pesq"] = float(perceptual_evaluation_speech_quality(estimate, target, sample_rate, "wb"))
-    except Exception as err:  # the PESQ library refuses e.g. utterances without speech
-        log.warning("PESQ failed on one item (%s); left out of the mean", err)
-        out["pesq"] = float("nan")
-    out["stoi"] = float(short_time_objective_intelligibility(estimate, target, sample_rate))
-    return out
-
-
-def dnsmos(audio: Tensor, sample_rate: int) -> dict[str, float]:
-    """DNSMOS P.835 (SIG, BAK, OVRL) of one utterance, with the models shipped in ``speechmos``.
-
-    DNSMOS takes samples in [-1, 1]; an estimate that peaks beyond (an untrained or briefly trained
-    model's can) is scaled down to peak at 1 rather than refused."""
-    from speechmos import dnsmos as model
-
-    samples = audio.detach().cpu().float().numpy()
-    peak = float(abs(samples).max()) if samples.size else 0.0
-    scores = model.run(samples / peak if peak > 1.0 else samples, sr=sample_rate)
-    return {"dnsmos_sig": scores["sig_mos"], "dnsmos_bak": scores["bak_mos"], "dnsmos_ovrl": scores["ovrl_mos"]}
 
 
 class EnhancementTask(L.LightningModule):
@@ -105,9 +79,8 @@ class EnhancementTask(L.LightningModule):
         return self.model(noisy)
 
     def aligned(self, estimate: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Drop the model's fixed delay: estimate[n + delay] estimates target[n]."""
-        delay = self.model.delay_samples
-        return (estimate[..., delay:], target[..., : target.shape[-1] - delay]) if delay else (estimate, target)
+        """Drop the model's fixed delay: estimate[n + delay] estimates target[n] (``scoring.align``)."""
+        return align(estimate, target, self.model.delay_samples)
 
     def common_step(self, batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         noisy, target = batch
@@ -138,14 +111,11 @@ class EnhancementTask(L.LightningModule):
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         split = TEST_SPLITS[dataloader_idx]
         noisy, target = batch
-        estimate, target = self.aligned(self(noisy), target)
-        reference = noisy[:, 0, : target.shape[-1]]
-        for est, ref, tgt in zip(estimate, reference, target):
-            for who, signal in (("enhanced", est), ("noisy", ref)):
-                scores = {**quality_metrics(signal.float(), tgt.float(), self.model.sample_rate), **dnsmos(signal, self.model.sample_rate)}
-                for key, value in scores.items():
-                    if value == value:
-                        self.log(f"{split}/{who}/{key}", value, batch_size=1, add_dataloader_idx=False, sync_dist=True)
+        for item_noisy, estimate, item_target in zip(noisy, self(noisy), target):
+            scores = score_clip(estimate, item_noisy, item_target, self.model.sample_rate, self.model.delay_samples)
+            for key, value in scores.items():
+                if value == value:
+                    self.log(f"{split}/{key}", value, batch_size=1, add_dataloader_idx=False, sync_dist=True)
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up over 5 % of the steps, then cosine decay to 5 % of ``lr``. Reads

@@ -121,7 +121,7 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_corpus):
 
 
 def test_dnsmos_scores_an_estimate_that_peaks_beyond_full_scale():
-    from speechnorm.task import dnsmos
+    from speechnorm.scoring import dnsmos
 
     t = torch.arange(32000) / 16000
     loud = 3.0 * torch.sin(2 * torch.pi * 220 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * 2 * t))

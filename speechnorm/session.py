@@ -1,0 +1,138 @@
+"""One WebSocket connection's stream in ``speechnorm serve``: the protocol's messages, checked and
+answered, and the stream's engine (state, buffers). Never touches another connection's state."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .receipts import ReadReceipts
+from .stream import AtRate, StreamingEnhancer
+
+PROTOCOL_VERSION = 1
+FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+#: Model work per scheduling turn: a message is enhanced in slices this long (2 hops), other
+#: streams' work runs in between.
+SLICE_MS = 20
+#: The longest repr of a client's value quoted back in an error message.
+QUOTE_CHARS = 60
+
+
+def quote(value) -> str:
+    """A client's value as an error message shows it: repr, cut short (never a 1 MiB echo)."""
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
+class ProtocolError(Exception):
+    """A message the protocol does not allow; ``fatal`` ones close the connection."""
+
+    def __init__(self, code: str, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.code, self.fatal = code, fatal
+
+
+@dataclass
+class StreamStats:
+    id: int
+    peer: str
+    started: float = field(default_factory=time.time)
+    sample_rate: int = 0
+    channels: int = 0
+    format: str = ""
+    samples_in: int = 0
+    samples_out: int = 0
+    messages: int = 0
+    errors: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
+
+    def summary(self, peer: bool = False) -> dict:
+        """Counters and latency; the peer address only when ``peer`` (operators' choice, not clients')."""
+        lat = sorted(self.latencies_ms)
+        pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)) if lat else (lambda q: None)
+        return {"id": self.id, **({"peer": self.peer} if peer else {}), "sample_rate": self.sample_rate, "channels": self.channels,
+                "format": self.format, "seconds_in": self.samples_in / self.sample_rate if self.sample_rate else 0.0,
+                "samples_in": self.samples_in, "samples_out": self.samples_out, "messages": self.messages,
+                "errors": self.errors, "latency_ms": {"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None}}
+
+
+class Session:
+    """One connection's stream: parses messages, owns the engine. Never touches another's state."""
+
+    def __init__(self, server: "EnhancementServer", stats: StreamStats):
+        self.server, self.stats = server, stats
+        self.engine: AtRate | None = None
+        self.dtype: np.dtype | None = None
+        self.receipts = ReadReceipts()
+        self.dropped = False
+
+    def start(self, message: dict) -> dict:
+        if self.engine is not None:
+            raise ProtocolError("already_started", "this connection already streams; send 'stop' before a new 'start'")
+        rate, channels, fmt = message.get("sample_rate"), message.get("channels"), message.get("format", "f32le")
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            raise ProtocolError("bad_start", f"format must be one of {sorted(FORMATS)}, got {quote(fmt)}")
+        model = self.server.model
+        if not isinstance(channels, int) or isinstance(channels, bool) or not model.min_mics <= channels <= model.max_mics:
+            raise ProtocolError("bad_start", f"channels must be an integer from {model.min_mics} to {model.max_mics}, "
+                                             f"got {quote(channels)}")
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 192_000:
+            raise ProtocolError("bad_start", f"sample_rate must be an integer from 8000 to 192000 Hz, got {quote(rate)}")
+        try:
+            self.engine = AtRate(StreamingEnhancer(model, channels), rate)
+        except ValueError as err:
+            raise ProtocolError("bad_start", str(err)) from None
+        self.dtype = FORMATS[fmt]
+        self.stats.sample_rate, self.stats.channels, self.stats.format = rate, channels, fmt
+        return {"type": "ready", "protocol": PROTOCOL_VERSION, "stream": self.stats.id, "model": model.name,
+                "model_sample_rate": model.sample_rate, "hop_ms": 1000 * model.hop / model.sample_rate,
+                "latency_ms": model.latency_ms, "max_message_bytes": self.server.limits.max_message_bytes}
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        """Interleaved PCM -> (channels, n) float32; refuses a partial frame before anything is consumed."""
+        if self.engine is None:
+            raise ProtocolError("not_started", "send a 'start' message before audio")
+        frame_bytes = self.dtype.itemsize * self.stats.channels
+        if len(payload) % frame_bytes:
+            raise ProtocolError("bad_frame", f"{len(payload)} bytes is not a whole number of {self.stats.channels}-channel "
+                                             f"{self.stats.format} frames ({frame_bytes} bytes each)")
+        samples = np.frombuffer(payload, dtype=self.dtype).reshape(-1, self.stats.channels).T
+        samples = samples.astype(np.float32) / 32768.0 if self.dtype.kind == "i" else samples.astype(np.float32)
+        try:  # the whole message, before any of it is consumed: a refused message changes nothing
+            return self.engine.engine.check(samples)
+        except ValueError as err:
+            raise ProtocolError("bad_audio", str(err)) from None
+
+    def slices(self, samples: np.ndarray) -> list[np.ndarray]:
+        """``samples`` (channels, n) in pieces of ``SLICE_MS``: the unit of model work per turn."""
+        step = max(1, self.stats.sample_rate * SLICE_MS // 1000)
+        return [samples[:, start : start + step] for start in range(0, samples.shape[1], step)] or [samples]
+
+    def encode(self, enhanced: np.ndarray) -> bytes:
+        if self.dtype.kind == "i":
+            return np.clip(np.round(enhanced * 32768.0), -32768, 32767).astype(self.dtype).tobytes()
+        return enhanced.astype(self.dtype).tobytes()
+
+    def process(self, samples: np.ndarray) -> bytes:
+        """One slice of checked audio through the engine -> encoded enhanced samples."""
+        out = self.engine.process(samples)
+        self.stats.samples_in += samples.shape[1]
+        self.stats.samples_out += out.size
+        return self.encode(out)
+
+    def stop(self) -> tuple[bytes, dict]:
+        if self.engine is None:
+            raise ProtocolError("not_started", "nothing to stop: no stream was started")
+        tail = self.engine.flush()
+        self.stats.samples_out += tail.size
+        reply = {"type": "stopped", "samples_in": self.stats.samples_in, "samples_out": self.stats.samples_out}
+        self.engine = None
+        return self.encode(tail), reply
+
+

@@ -1,0 +1,55 @@
+"""One checkpoint on one clip has one number, whichever path scores it: the LightningModule's test
+step, ``speechnorm evaluate`` (PyTorch and ONNX), and the comparison scripts (evaluate_peers /
+evaluate_real), all through ``speechnorm.scoring.score_clip``."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechnorm.evaluate import Runner, evaluate
+from speechnorm.export import export_model
+from speechnorm.models.checkpoint import load_model
+from speechnorm.task import EnhancementTask
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from evaluate_peers import ours, score  # noqa: E402
+
+
+def test_every_scoring_path_gives_the_same_number(tmp_path, tiny_corpus):
+    from conftest import save_checkpoint
+
+    data = {"clean_dir": str(tiny_corpus / "clean"), "noise_dir": str(tiny_corpus / "noise"), "train_items": 4,
+            "val_items": 2, "test_items": 2, "seconds": 0.5, "batch_size": 2, "seed": 3}
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt", hidden=32, layers=1)
+    stored = torch.load(checkpoint, weights_only=False)
+    stored["datamodule_hyper_parameters"] = data
+    torch.save(stored, checkpoint)
+
+    by_evaluate = evaluate(checkpoint, split="test", out=tmp_path / "eval", items=1, pictures=0)["per_item"][0]
+    export_model(checkpoint, tmp_path / "exported", max_mics=8)
+    by_onnx = evaluate(tmp_path / "exported" / "model.onnx", split="test", out=tmp_path / "eval_onnx", items=1,
+                       pictures=0)["per_item"][0]
+
+    from speechnorm.data.datamodule import EnhancementDataModule
+
+    module = EnhancementDataModule(**data)
+    module.setup()
+    noisy, target = module.datasets["test"][0]
+
+    model, hparams = load_model(checkpoint)
+    task = EnhancementTask(model="tac_gru", model_config={"hidden": 32, "layers": 1})
+    task.model.load_state_dict(model.state_dict())
+    task.eval()
+    logged = {}
+    task.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    with torch.no_grad():
+        task.test_step((noisy[None], target[None]), 0, 0)
+
+    by_script = score(ours(Runner(checkpoint))(noisy.numpy()), noisy.numpy(), target.numpy())
+    noisy_by_script = score(noisy.numpy()[0].copy(), noisy.numpy(), target.numpy())
+    for metric in ("si_sdr", "pesq", "stoi", "dnsmos_ovrl"):
+        assert by_evaluate[f"enhanced/{metric}"] == logged[f"test/enhanced/{metric}"] == by_script[metric], metric
+        assert by_evaluate[f"noisy/{metric}"] == logged[f"test/noisy/{metric}"] == noisy_by_script[metric], metric
+        np.testing.assert_allclose(by_onnx[f"enhanced/{metric}"], by_evaluate[f"enhanced/{metric}"], atol=1e-3)
