@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 MAX_BLOCK_D = 1024
-TILE = 4096  # elements per program's tile
+TILE = 1024  # elements per program's tile
 
 
 def _blocks(rows: int, width: int) -> tuple[int, int]:
