@@ -14,7 +14,7 @@ Systems:
 - `mvdr`: a classical multi-channel beamformer, torchaudio's `SoudenMVDR` with `PSD`. The
   speech/noise masks come from a per-bin noise floor (the 20th percentile of each bin's power
   over the clip). This is not an oracle and not a network.
-- `ours`: the released model (`models/tac_gru_online_small`) through the exported ONNX graph.
+- `ours`: the default released model (`models/tac_gru_online_small_v2`) through the exported ONNX graph.
   With `--ablation`, the final checkpoint of each ablation run at `--ablation-batch` (8) is added
   (`ours-<norm>_b8`: same model, data and steps, one normalizer swapped; run by PyTorch, so
   their RTF is the eager offline forward's).
@@ -47,7 +47,7 @@ from speechnorm.evaluate import METRICS, Runner, mean
 from speechnorm.scoring import score_clip
 
 RATE = 16_000
-MODEL = Path("models/tac_gru_online_small")
+MODEL = Path("models/tac_gru_online_small_v2")
 
 
 # ------------------------------------------------------------------------------------ peers

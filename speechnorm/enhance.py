@@ -20,7 +20,7 @@ from .data.resample import resample
 from .stream import AtRate, StreamingEnhancer, load
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "tac_gru_online_small"
+DEFAULT_MODEL = REPO / "models" / "tac_gru_online_small_v2"
 BLOCK_SECONDS = 1.0
 
 
