@@ -79,6 +79,7 @@ class EnhancementServer:
         app.on_shutdown.append(self._shutdown)
         if self.board is not None:
             app.on_startup.append(self._start_publishing)
+            app.on_cleanup.append(self._stop_publishing)
         return app
 
     async def _start_publishing(self, app: web.Application) -> None:
@@ -90,6 +91,9 @@ class EnhancementServer:
                 await asyncio.sleep(PUBLISH_EVERY_S)
 
         self._publisher = asyncio.create_task(publish_forever())
+
+    async def _stop_publishing(self, app: web.Application) -> None:
+        self._publisher.cancel()
 
     @staticmethod
     async def _no_banner(request: web.Request, response: web.StreamResponse) -> None:
@@ -184,7 +188,6 @@ class EnhancementServer:
         log.info("stream %d: slow consumer (replies unread for over %g s), dropped", session.stats.id,
                  self.limits.send_timeout_s)
         self.slow_consumers_dropped += 1
-        session.dropped = True
         if serving is not None:
             serving.cancel()
         if request.transport is not None:

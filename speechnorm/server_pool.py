@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -85,3 +86,4 @@ def serve_pool(processes: int, **kwargs) -> None:
             child.terminate()
         for child in children:
             child.join(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -70,7 +70,6 @@ class Session:
         self.engine: AtRate | None = None
         self.dtype: np.dtype | None = None
         self.receipts = ReadReceipts()
-        self.dropped = False
 
     def start(self, message: dict) -> dict:
         if self.engine is not None:

@@ -115,6 +115,17 @@ class Corpus:
         """The file's speaker (manifest), else its name group."""
         return self._row(path).get("speaker") or Path(path).name.split("__")[0]
 
+    def other_voices(self, speaker: str) -> list[Path]:
+        """The clean files of every other speaker (all files when there is no other), computed once
+        per speaker: babble and competing talkers draw from these for every item."""
+        if not hasattr(self, "_others"):
+            self._others: dict[str, list[Path]] = {}
+            self._clean_speakers = [self.speaker(p) for p in self.clean]
+        if speaker not in self._others:
+            others = [p for p, who in zip(self.clean, self._clean_speakers) if who != speaker]
+            self._others[speaker] = others or self.clean
+        return self._others[speaker]
+
     @staticmethod
     def _pick(files: list[Path], split: str, manifest: dict) -> list[Path]:
         def split_for(path: Path) -> str:

@@ -80,7 +80,7 @@ class SimulatedMixtures(Dataset):
     def _noises(self, rng: np.random.Generator, plan: dict, speaker: str) -> list[Tensor]:
         kind = plan["noise"]
         if kind in ("babble", "talker"):  # other voices of this split, never the target's own
-            others = [p for p in self.corpus.clean if self.corpus.speaker(p) != speaker] or self.corpus.clean
+            others = self.corpus.other_voices(speaker)
             return [fit_length(self.corpus.load("clean", int(rng.integers(1 << 30)), files=others), self.samples, rng,
                                tile=True) for _ in range(plan["sources"])]
         return [fit_length(self.corpus.load(kind, int(rng.integers(1 << 30))), self.samples, rng, tile=True)
