@@ -104,6 +104,50 @@ class OnlineNormFunction(torch.autograd.Function):
         return grad_x, *grads, None, None, None, None, None, None, None, None
 
 
+class OnlineNormD1Function(torch.autograd.Function):
+    """``OnlineNormFunction`` for one-component samples on the CPU: x (P, C, L), any strides, P
+    streams over L samples (``kernels.cpu_d1``: one compiled loop each way).
+
+    The same inputs and outputs as ``OnlineNormFunction`` without the layout (x is already
+    canonical with D dropped), but it saves only x: the backward recomputes the forward's
+    statistics as it runs the control process, so training memory is x plus the output autograd
+    keeps anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mu0, var0, control, alpha_fwd, alpha_bkw, eps, layer_scaling):
+        from .kernels import cpu_d1
+
+        compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        out, mu_end, var_end = cpu_d1.forward_d1(compute, weight, bias, mu0, var0, alpha_fwd, eps, layer_scaling)
+        ctx.save_for_backward(compute)
+        # the start statistics as they were (the module moves its buffers after this call)
+        ctx.meta = (mu0.detach().clone(), var0.detach().clone(), weight, bias, control, alpha_fwd, alpha_bkw, eps,
+                    layer_scaling, x.dtype)
+        ctx.mark_non_differentiable(mu_end, var_end)
+        return out.to(x.dtype), mu_end, var_end
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mu, _grad_var):
+        from .kernels import cpu_d1
+
+        (x,) = ctx.saved_tensors
+        mu0, var0, weight, bias, control, alpha_fwd, alpha_bkw, eps, layer_scaling, input_dtype = ctx.meta
+        if control is None:
+            u0 = v0 = mu0.new_zeros(())
+        else:
+            u0, v0 = control[0], control[1]
+        grad_x, sum_ghy, sum_gh, u_end, v_end = cpu_d1.backward_d1(
+            x, grad_out, weight, bias, mu0, var0, u0, v0, alpha_fwd, alpha_bkw, eps, layer_scaling)
+        if control is not None:
+            control[0].copy_(u_end)
+            control[1].copy_(v_end)
+        grad_weight = None if weight is None else sum_ghy.sum(dim=0).to(weight.dtype)
+        grad_bias = None if bias is None else sum_gh.sum(dim=0).to(bias.dtype)
+        return grad_x.to(input_dtype), grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
 class LayerScaling(torch.autograd.Function):
     """out = h / sqrt(mean over ``dims`` of h² + eps), with its exact backward."""
 

@@ -7,8 +7,9 @@ from torch import Tensor, nn
 
 from ..state import State, StateSpec
 from . import functional as fn
-from .autograd import ActivationClamp, LayerScaling, OnlineNormFunction
+from .autograd import ActivationClamp, LayerScaling, OnlineNormD1Function, OnlineNormFunction
 from .base import SequenceNorm, channel_view
+from .kernels import fused_d1
 from .registry import register_norm
 
 ECMS = ("ls", "ac", None)
@@ -104,7 +105,14 @@ class OnlineNorm(SequenceNorm):
     def _forward_batch_axis(self, x: Tensor) -> Tensor:
         self._check(x, ranks=tuple(range(2, 9)), layout="(N, C, ...)")
         samples = x.reshape(x.shape[0], self.num_features, -1)  # (N, C, D)
-        if self.training:
+        if self.training and samples.shape[-1] == 1 and fused_d1(samples):  # one stream (1, C, N)
+            out, mu, var = self._normalize_d1(samples[..., 0].t().unsqueeze(0), self.running_mean.unsqueeze(0),
+                                              self.running_var.unsqueeze(0), self.control.unsqueeze(1))
+            out = out[0].t()
+            with torch.no_grad():
+                self.running_mean.copy_(mu[0])
+                self.running_var.copy_(var[0])
+        elif self.training:
             out, mu, var = self._normalize(samples, "batch", self.running_mean, self.running_var, self.control)
             with torch.no_grad():
                 self.running_mean.copy_(mu[0])
@@ -118,9 +126,14 @@ class OnlineNorm(SequenceNorm):
 
     def _forward_time_axis(self, x: Tensor) -> Tensor:
         self.check_sequence(x)
-        frames = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
         batch = x.shape[0]
         mu0, var0 = self.running_mean.expand(batch, -1), self.running_var.expand(batch, -1)
+        if x.dim() == 3 and fused_d1(x):
+            out, mu, var = self._normalize_d1(x, mu0, var0, None)
+            if self.training:
+                self._update_running_stats(mu, var)
+            return out
+        frames = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
         out, mu, var = self._normalize(frames, "time", mu0, var0, None)
         if self.training:
             self._update_running_stats(mu, var)
@@ -132,6 +145,14 @@ class OnlineNorm(SequenceNorm):
             x, self.weight, self.bias, mu0, var0, None if control is None else control.unsqueeze(1),
             layout, self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm == "ls",
         )
+        if self.ecm == "ac":
+            out = ActivationClamp.apply(out, CLAMP_LIMIT)
+        return out, mu, var
+
+    def _normalize_d1(self, x: Tensor, mu0: Tensor, var0: Tensor, control: Tensor | None):
+        """``_normalize`` for one-component samples x (P, C, L) on the CPU: the compiled loop."""
+        out, mu, var = OnlineNormD1Function.apply(
+            x, self.weight, self.bias, mu0, var0, control, self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm == "ls")
         if self.ecm == "ac":
             out = ActivationClamp.apply(out, CLAMP_LIMIT)
         return out, mu, var

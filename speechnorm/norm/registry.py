@@ -8,8 +8,10 @@ changing one string.
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..registry import Registry
 from .base import SequenceNorm
@@ -47,6 +49,47 @@ def available() -> dict[str, NormSpec]:
     return _REGISTRY.all()
 
 
+_SPEC = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"online"`` or ``"online(alpha_fwd=0.99, ecm='ac')"`` -> (kind, options).
+
+    The one string a model's ``norm`` argument, a config file and ``--model.norm`` carry, so an
+    ablation of a normalizer's *settings* needs no new plumbing. Values are Python literals
+    (numbers, strings, True/False/None).
+    """
+    match = _SPEC.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"normalizer spec {spec!r}: expected NAME or NAME(key=value, ...)")
+    kind, body = match.group(1), match.group(2)
+    options: dict[str, Any] = {}
+    if body and body.strip():
+        try:
+            call = ast.parse(f"f({body})", mode="eval").body
+        except SyntaxError:
+            raise ValueError(f"normalizer spec {spec!r}: options must read key=value, ...") from None
+        if call.args or any(k.arg is None for k in call.keywords):
+            raise ValueError(f"normalizer spec {spec!r}: options must be named (key=value)")
+        for keyword in call.keywords:
+            try:
+                options[keyword.arg] = ast.literal_eval(keyword.value)
+            except ValueError:
+                raise ValueError(f"normalizer spec {spec!r}: {keyword.arg} must be a literal "
+                                 "(number, string, True/False/None)") from None
+    return kind, options
+
+
 def make_norm(kind: str, num_features: int, **kwargs) -> SequenceNorm:
-    """Build the normalizer registered as ``kind`` for ``num_features`` features."""
-    return _REGISTRY[kind].factory(num_features, **kwargs)
+    """Build the normalizer ``kind`` for ``num_features`` features.
+
+    ``kind`` is a registered name, optionally with settings: ``"online(alpha_fwd=0.99)"``
+    (see ``parse_spec``); keyword arguments override the settings in the string.
+    """
+    name, options = parse_spec(kind)
+    spec = _REGISTRY[name]
+    options.update(kwargs)
+    try:
+        return spec.factory(num_features, **options)
+    except TypeError as err:  # an option the kind does not take
+        raise ValueError(f"normalizer {kind!r}: {err}") from None

@@ -1,7 +1,9 @@
 """Backends for Online Norm's big-tensor passes: the vectorised torch path and Triton kernels.
 
-CUDA tensors use the Triton kernels, CPU tensors the torch path. ``use_backend`` overrides the
-choice, for tests and comparisons:
+CUDA tensors use the Triton kernels, CPU tensors the torch path, except one-component samples
+(D = 1: recurrent and fully connected features) on the CPU, which run as one compiled loop each
+way (``cpu_d1``, numba; ``fused_d1``). ``use_backend`` overrides the choice, for tests and
+comparisons (``"torch"`` also turns the compiled D = 1 loop off):
 
     with use_backend("triton"):   # also on CPU tensors, with TRITON_INTERPRET=1
         ...
@@ -75,6 +77,17 @@ def backend_for(x: Tensor) -> SimpleNamespace:
             )
         return TORCH
     return _triton_backend()
+
+
+def fused_d1(x: Tensor) -> bool:
+    """Run Online Norm on ``x`` — one-component samples, canonical (P, C, L) — as the compiled
+    CPU loop (``cpu_d1``)? Yes on the CPU under the automatic choice, when numba is installed and
+    no tracer (ONNX export) is recording the graph."""
+    if _choice != "auto" or x.is_cuda or x.device.type != "cpu" or torch.jit.is_tracing():
+        return False
+    from . import cpu_d1
+
+    return cpu_d1.available()
 
 
 @contextlib.contextmanager
