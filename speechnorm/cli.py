@@ -61,8 +61,10 @@ def _export(args: argparse.Namespace) -> int:
     card = export_model(args.checkpoint, args.out, max_mics=args.max_mics)
     diffs = card["onnx"]["verification"]["max_abs_diff"]
     worst = max(max(d.values()) for d in diffs.values())
-    print(f"wrote {args.out}/model.onnx (step), model_offline.onnx and card.json; "
-          f"onnxruntime vs PyTorch on real speech, mics {', '.join(diffs)}: max |diff| {worst:.2e}")
+    batch = card["onnx"]["verification"]["batch_max_abs_diff"]
+    print(f"wrote {args.out}/model.onnx (step), model_batch.onnx (streams batched), model_offline.onnx and card.json; "
+          f"onnxruntime vs PyTorch on real speech, mics {', '.join(diffs)}: max |diff| {worst:.2e}; batched vs one "
+          f"stream: {batch:.2e}")
     return 0
 
 
@@ -109,7 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
                     idle_timeout_s=args.idle_timeout, send_timeout_s=args.slow_consumer_timeout)
     serve(args.model or default_model(), host=args.host, port=args.port, limits=limits, backend=args.backend,
-          workers=args.workers, expose_peers=args.health_peers, processes=args.processes)
+          workers=args.workers, expose_peers=args.health_peers, processes=args.processes, max_batch=args.max_batch,
+          batch_wait_s=args.batch_wait_ms / 1000)
     return 0
 
 
@@ -169,7 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--processes", type=int, default=1,
                        help="server processes sharing the port (SO_REUSEPORT; a stream stays in one), e.g. one per core")
     serve.add_argument("--workers", type=int, default=0,
-                       help="threads running the model (default 0: in the event loop; scale out with more processes)")
+                       help="threads running the model, one call per stream and hop (default 0: in the event loop; "
+                            "scale out with more processes)")
+    serve.add_argument("--max-batch", type=int, default=64,
+                       help="streams per batched model call (default 64; 1: one call per stream and hop); batching "
+                            "needs the model's batched step graph (model_batch.onnx) and --workers 0")
+    serve.add_argument("--batch-wait-ms", type=float, default=4.0,
+                       help="the longest a ready hop waits for other streams' hops to share its call (default 4 ms)")
     serve.set_defaults(run=_serve)
     commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
                         add_help=False)

@@ -15,6 +15,7 @@ import numpy as np
 
 AUDIO, ENHANCED = "audio", "enhanced"
 MIC_AXIS_NAME = "mics"
+STREAM_AXIS_NAME = "streams"  # the batched step graph's leading axis: one row per stream
 
 
 def next_name(name: str) -> str:

@@ -6,9 +6,16 @@ of enhanced mono PCM (the samples ready so far, possibly none), in order; ``stop
 rest. Errors are JSON messages with a code. The model is loaded once and shared; every
 connection has its own ``StreamingEnhancer`` (state, buffers). By default the model runs in the
 event loop itself (measured: more concurrent streams than a thread pool's hand-off per message,
-``scripts/load_test.py``); ``workers`` > 0 runs it in that many threads instead. In both modes a
-message is enhanced in slices of ``SLICE_MS`` of audio, and other streams' work runs between the
-slices, so no client can delay another's replies by sending large messages.
+``scripts/load_test.py``); ``workers`` > 0 runs it in that many threads instead.
+
+When the model has a batched step graph (``model_batch.onnx``), the streams' hops are *batched*:
+every message's hops go to one ``Batcher`` (``speechnorm.stream.batch``), whose rounds run the hops
+ready across streams of one mic count in one onnxruntime call (at most ``max_batch``, after
+waiting at most ``batch_wait_s`` for the other streams), one hop per stream per round, so a long
+message spreads over rounds and delays nobody. ``max_batch=1`` (or ``workers`` > 0) keeps one call
+per stream and hop; then a message is enhanced in slices of ``SLICE_MS`` of audio, and other
+streams' work runs between the slices, so no client can delay another's replies by sending large
+messages.
 
 Whether a client reads its replies is learned from WebSocket ping/pong, not from kernel buffers:
 a pong proves that every reply sent before its ping was read (``ReadReceipts``). A client whose
@@ -31,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from .session import FORMATS, PROTOCOL_VERSION, SLICE_MS, ProtocolError, Session, StreamStats, quote  # noqa: F401
 from .stream import load
+from .stream.backends import OnnxModel
 
 log = logging.getLogger("speechnorm.serve")
 STATIC = Path(__file__).resolve().parents[1] / "serve" / "static"
@@ -53,8 +61,14 @@ class Limits:
 class EnhancementServer:
     def __init__(self, model_path: str | Path, limits: Limits | None = None, backend: str = "auto",
                  workers: int = 0, static_dir: Path | None = STATIC, expose_peers: bool = False,
-                 board=None, id_start: int = 1, id_step: int = 1):
+                 board=None, id_start: int = 1, id_step: int = 1, max_batch: int = 64,
+                 batch_wait_s: float = 0.004):
         self.model = load(model_path, backend=backend, threads=1)
+        self.batcher = None
+        if max_batch > 1 and workers == 0 and isinstance(self.model, OnnxModel) and self.model.batch_session is not None:
+            from .stream.batch import Batcher
+
+            self.batcher = Batcher(self.model, max_batch=max_batch, wait_s=batch_wait_s)
         self.limits = limits or Limits()
         # workers=0: run the model in the event loop itself (no thread hand-off per message)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="enhance") if workers > 0 else None
@@ -124,6 +138,7 @@ class EnhancementServer:
                           "latency_ms": model.latency_ms, "mics": [model.min_mics, model.max_mics]},
                 "connections": {"active": len(self.sessions), "max": self.limits.max_connections, "served": self.served,
                                 "slow_consumers_dropped": self.slow_consumers_dropped},
+                "batching": self.batcher.stats() if self.batcher is not None else None,
                 "streams": [s.stats.summary(peer=self.expose_peers) for s in self.sessions.values()]}
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -146,6 +161,7 @@ class EnhancementServer:
         finally:
             serving.cancel()
             watching.cancel()
+            session.close()
             del self.sessions[stats.id]  # a dropped client frees its state
             await self._close(ws, request)
         return ws
@@ -216,7 +232,10 @@ class EnhancementServer:
             try:
                 if msg.type == WSMsgType.BINARY:
                     samples = session.decode(msg.data)
-                    reply = b"".join([await self._compute(session.process, piece) for piece in session.slices(samples)])
+                    if self.batcher is not None:
+                        reply = await session.process_batched(samples)
+                    else:
+                        reply = b"".join([await self._compute(session.process, piece) for piece in session.slices(samples)])
                     await self._send(ws, session, reply)
                     session.stats.messages += 1
                     session.stats.latencies_ms.append(1000 * (time.perf_counter() - received))
@@ -250,7 +269,7 @@ class EnhancementServer:
         if kind == "start":
             await self._send(ws, session, session.start(message))
         elif kind == "stop":
-            tail, reply = await self._compute(session.stop)
+            tail, reply = await (session.stop_batched() if self.batcher is not None else self._compute(session.stop))
             await self._send(ws, session, tail)
             await self._send(ws, session, reply)
         elif kind == "stats":
@@ -281,27 +300,33 @@ class EnhancementServer:
             pass
 
     async def _shutdown(self, app: web.Application) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def run_one(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
             backend: str = "auto", workers: int = 0, expose_peers: bool = False, board=None, id_start: int = 1,
-            id_step: int = 1) -> None:
+            id_step: int = 1, max_batch: int = 64, batch_wait_s: float = 0.004) -> None:
     """One server process (``board``: it is one of a pool sharing the port)."""
     server = EnhancementServer(model_path, limits, backend=backend, workers=workers, expose_peers=expose_peers,
-                               board=board, id_start=id_start, id_step=id_step)
+                               board=board, id_start=id_start, id_step=id_step, max_batch=max_batch,
+                               batch_wait_s=batch_wait_s)
     if board is None or board.index == 0:
         pool = f", {board.processes} processes" if board is not None else ""
-        print(f"speechnorm serve: {server.model.name} ({type(server.model).__name__}) on http://{host}:{port}/ "
+        batching = (f"batched, up to {server.batcher.max_batch} streams per call" if server.batcher is not None
+                    else "one call per stream")
+        print(f"speechnorm serve: {server.model.name} ({type(server.model).__name__}, {batching}) on http://{host}:{port}/ "
               f"(WebSocket /ws, health /health; protocol v{PROTOCOL_VERSION}, serve/PROTOCOL.md{pool})", flush=True)
     web.run_app(server.app(), host=host, port=port, print=None, reuse_port=board is not None)
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-          backend: str = "auto", workers: int = 0, expose_peers: bool = False, processes: int = 1) -> None:
+          backend: str = "auto", workers: int = 0, expose_peers: bool = False, processes: int = 1,
+          max_batch: int = 64, batch_wait_s: float = 0.004) -> None:
     """``speechnorm serve``: one process, or ``processes`` sharing the port (``server_pool``)."""
     from .server_pool import serve_pool
 
     serve_pool(processes, model_path=model_path, host=host, port=port, limits=limits, backend=backend,
-               workers=workers, expose_peers=expose_peers)
+               workers=workers, expose_peers=expose_peers, max_batch=max_batch, batch_wait_s=batch_wait_s)

@@ -53,6 +53,11 @@ def combine(own: dict, others: list[dict], processes: int) -> dict:
     parts = [own, *others]
     connections = {key: sum(p["connections"][key] for p in parts) for key in ("active", "served", "slow_consumers_dropped")}
     connections["max"] = sum(p["connections"]["max"] for p in parts)
+    batching = [p.get("batching") for p in parts]
+    if all(batching):
+        rounds, hops = sum(b["rounds"] for b in batching), sum(b["hops"] for b in batching)
+        own = {**own, "batching": {**batching[0], "rounds": rounds, "hops": hops,
+                                   "mean_batch": round(hops / rounds, 2) if rounds else None}}
     return {**own, "connections": connections, "streams": [s for p in parts for s in p["streams"]],
             "processes": {"configured": processes, "reporting": len(parts),
                           "active_per_process": [p["connections"]["active"] for p in parts]}}

@@ -68,6 +68,7 @@ class Session:
     def __init__(self, server: "EnhancementServer", stats: StreamStats):
         self.server, self.stats = server, stats
         self.engine: AtRate | None = None
+        self.slot = None  # the stream's row of the server's batched pool, when it batches
         self.dtype: np.dtype | None = None
         self.receipts = ReadReceipts()
 
@@ -83,9 +84,12 @@ class Session:
                                              f"got {quote(channels)}")
         if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 192_000:
             raise ProtocolError("bad_start", f"sample_rate must be an integer from 8000 to 192000 Hz, got {quote(rate)}")
+        batcher = self.server.batcher
+        self.slot = batcher.open(channels) if batcher is not None else None
         try:
-            self.engine = AtRate(StreamingEnhancer(model, channels), rate)
+            self.engine = AtRate(StreamingEnhancer(model, channels, stream=self.slot), rate)
         except ValueError as err:
+            self.close()
             raise ProtocolError("bad_start", str(err)) from None
         self.dtype = FORMATS[fmt]
         self.stats.sample_rate, self.stats.channels, self.stats.format = rate, channels, fmt
@@ -125,13 +129,45 @@ class Session:
         self.stats.samples_out += out.size
         return self.encode(out)
 
+    async def process_batched(self, samples: np.ndarray) -> bytes:
+        """A whole message of checked audio, its hops stepped in the server's batched rounds."""
+        out = await self._batched(self.engine.steps(samples))
+        self.stats.samples_in += samples.shape[1]
+        self.stats.samples_out += out.size
+        return self.encode(out)
+
+    async def _batched(self, work) -> np.ndarray:
+        hops = next(work)
+        try:
+            while True:
+                hops = work.send(await self.server.batcher.submit(self.slot, hops))
+        except StopIteration as done:
+            return done.value
+
     def stop(self) -> tuple[bytes, dict]:
+        tail = self._stopping().flush()
+        return self._stopped(tail)
+
+    async def stop_batched(self) -> tuple[bytes, dict]:
+        tail = await self._batched(self._stopping().flush_steps())
+        return self._stopped(tail)
+
+    def _stopping(self) -> AtRate:
         if self.engine is None:
             raise ProtocolError("not_started", "nothing to stop: no stream was started")
-        tail = self.engine.flush()
+        return self.engine
+
+    def _stopped(self, tail: np.ndarray) -> tuple[bytes, dict]:
         self.stats.samples_out += tail.size
         reply = {"type": "stopped", "samples_in": self.stats.samples_in, "samples_out": self.stats.samples_out}
         self.engine = None
+        self.close()
         return self.encode(tail), reply
+
+    def close(self) -> None:
+        """Free the stream's row of the batched pool (its queued work dropped); idempotent."""
+        if self.slot is not None:
+            self.server.batcher.close(self.slot)
+            self.slot = None
 
 

@@ -151,7 +151,7 @@ class SpectralEnhancer(nn.Module):
                              f"(B, M) = ({batch}, {mics})")
         frame, buffer = self.stft.analysis_step(hop_audio.flatten(0, 1), stft["buffer"])  # (B·M, 2, F)
         frame = frame.unflatten(0, (batch, -1))  # (B, M, 2, F); -1: the mic count stays dynamic when traced
-        mask, network = self.mask_step(frame, state)
+        mask, network = self.mask_step(frame, state, batch)
         out, tail = self.stft.synthesis_step(apply_mask(mask, frame[:, 0]), stft["tail"])
         return out, {"stft": {"buffer": buffer, "tail": tail}, **network}
 
@@ -160,8 +160,12 @@ class SpectralEnhancer(nn.Module):
         """(B, M, 2, T, F) -> complex mask (B, 2, T, F)."""
         raise NotImplementedError
 
-    def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        """(B, M, 2, F) and the model's state -> ((B, 2, F), the new state of the network's modules)."""
+    def mask_step(self, frame: Tensor, state: State, batch: int) -> tuple[Tensor, State]:
+        """(B, M, 2, F) and the model's state -> ((B, 2, F), the new state of the network's modules).
+
+        ``batch`` is B, read from the step's input audio: when the step is traced for export, sizes
+        read from ``frame`` (a computed tensor) would be frozen to the example's, sizes read from
+        the input stay dynamic (the batched step graph's stream axis)."""
         raise NotImplementedError
 
 

@@ -74,8 +74,7 @@ class TacCRN(SpectralEnhancer):
             x = stage(torch.cat((x, skip), dim=1))
         return bounded_mask(x)  # (B, 2, T, F)
 
-    def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        batch = frame.shape[0]
+    def mask_step(self, frame: Tensor, state: State, batch: int) -> tuple[Tensor, State]:
         encoder_state, decoder_state = state.get("encoder", EMPTY), state.get("decoder", EMPTY)
         new_encoder, new_decoder = {}, {}
         x = spectral_features(frame).flatten(0, 1)  # (B·M, 3, F)

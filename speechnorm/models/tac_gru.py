@@ -53,8 +53,8 @@ class TacGRU(SpectralEnhancer):
         raw = self.head(self.rnn(reference))  # (B, 2F, T)
         return bounded_mask(raw.unflatten(1, (2, bins)).transpose(-1, -2))  # (B, 2, T, F)
 
-    def mask_step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        batch, mics, _, bins = frame.shape
+    def mask_step(self, frame: Tensor, state: State, batch: int) -> tuple[Tensor, State]:
+        bins = frame.shape[-1]
         features = spectral_features(frame).flatten(0, 1).flatten(1)  # (B·M, 3F); no frozen sizes when traced
         encoded, encoder_state = self.encoder.step(features, state.get("encoder", EMPTY))
         reference, _ = self.tac.step(encoded.unflatten(0, (batch, -1)), EMPTY)

@@ -18,7 +18,7 @@ import numpy as np
 from ..graph_io import AUDIO, ENHANCED, StateTensor, next_name
 
 METADATA_KEY = "speechnorm"
-STEP_FILE, OFFLINE_FILE = "model.onnx", "model_offline.onnx"
+STEP_FILE, OFFLINE_FILE, BATCH_FILE = "model.onnx", "model_offline.onnx", "model_batch.onnx"
 DEFAULT_MAX_MICS = 16
 
 
@@ -74,6 +74,21 @@ class OnnxModel(ModelInfo):
         self.states = [StateTensor.from_json(s) for s in meta["states"]]
         self.threads = threads
         self._offline = None
+        self._batch = None
+
+    @property
+    def batch_session(self):
+        """The batched step graph beside the step graph (``model_batch.onnx``: many streams of one mic
+        count per call, ``speechnorm.stream.batch``), or None when the export has none."""
+        if self._batch is None:
+            import onnxruntime as ort
+
+            batch_path = self.path.with_name(BATCH_FILE)
+            if not batch_path.is_file():
+                return None
+            self._batch = ort.InferenceSession(str(batch_path), session_options(self.threads),
+                                               providers=["CPUExecutionProvider"])
+        return self._batch
 
     def open(self, mics: int) -> "OnnxStream":
         self.check_mics(mics)

@@ -26,12 +26,14 @@ MAX_ABS_SAMPLE = 64.0
 class StreamingEnhancer:
     """One stream through a loaded model (shared between engines); see the module docstring."""
 
-    def __init__(self, model: OnnxModel | TorchModel, mics: int):
+    def __init__(self, model: OnnxModel | TorchModel, mics: int, stream=None):
+        """``stream``: where this engine's hops are stepped (default ``model.open(mics)``, its own
+        state); e.g. a slot of a batched pool (``speechnorm.stream.batch``)."""
         model.check_mics(mics)
         self.model: ModelInfo = model
         self.mics = mics
         self.hop = model.hop
-        self._stream = model.open(mics)
+        self._stream = model.open(mics) if stream is None else stream
         self._pending = np.zeros((mics, self.hop), np.float32)
         self.reset()
 
@@ -71,23 +73,68 @@ class StreamingEnhancer:
 
     def process(self, chunk) -> np.ndarray:
         """(M, n) at the model's rate -> the enhanced samples now ready (k,), k >= 0."""
-        chunk = self.check(chunk)
-        count = chunk.shape[1]
-        hops = (self._filled + count) // self.hop
-        ready = max(0, hops * self.hop - self._skip)
-        out = np.empty(ready, np.float32)
-        written, taken = 0, 0
+        return self._drive(self.steps(chunk))
+
+    def flush(self) -> np.ndarray:
+        """The remaining output (zeros fed past the end), so that samples_out == samples_in; then reset."""
+        return self._drive(self.flush_steps())
+
+    # The work of ``process`` and ``flush`` as generators: each yields the hops to step (a list
+    # of (M, hop) arrays, possibly empty), is sent their enhanced outputs (a list of (hop,)
+    # arrays, in order), and returns the samples ready. ``process``/``flush`` step the hops
+    # through this engine's own stream; a server gathers many engines' hops into one batched call.
+    def steps(self, chunk):
+        hops = self._feed(self.check(chunk))
+        outputs = yield hops
+        return self._take(outputs)
+
+    def flush_steps(self):
+        owed = self.samples_in - self.samples_out
+        hops, produced, skip = [], 0, self._skip
+        while owed > produced:  # the pending samples, then silence, until the delay is flushed
+            hop = np.zeros_like(self._pending)
+            if not hops:
+                hop[:, : self._filled] = self._pending[:, : self._filled]
+            hops.append(hop)
+            produced += self.hop - min(skip, self.hop)
+            skip -= min(skip, self.hop)
+        outputs = yield hops
+        out = self._take(outputs)[:owed]
+        self.reset()
+        return out
+
+    def _drive(self, work) -> np.ndarray:
+        """Run ``steps``/``flush_steps`` through this engine's stream, one hop at a time."""
+        step = self._stream.step
+        hops = next(work)
+        try:
+            while True:
+                hops = work.send([step(hop).copy() for hop in hops])  # step's output is a reused buffer
+        except StopIteration as done:
+            return done.value
+
+    def _feed(self, chunk: np.ndarray) -> list[np.ndarray]:
+        """Buffer checked samples; the hops they complete, in order."""
+        count, taken, hops = chunk.shape[1], 0, []
         while taken < count:
             take = min(self.hop - self._filled, count - taken)
             self._pending[:, self._filled : self._filled + take] = chunk[:, taken : taken + take]
             self._filled += take
             taken += take
             if self._filled == self.hop:
-                written = self._emit(self._stream.step(self._pending), out, written)
+                hops.append(self._pending.copy())
                 self._filled = 0
         self.samples_in += count
+        return hops
+
+    def _take(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """The enhanced hops -> the output samples, the model's delay dropped at the start."""
+        out = np.empty(len(outputs) * self.hop, np.float32)
+        written = 0
+        for hop_out in outputs:
+            written = self._emit(hop_out, out, written)
         self.samples_out += written
-        return out
+        return out[:written]
 
     def _emit(self, hop_out: np.ndarray, out: np.ndarray, written: int) -> int:
         start = min(self._skip, self.hop)
@@ -95,19 +142,6 @@ class StreamingEnhancer:
         n = self.hop - start
         out[written : written + n] = hop_out[start:]
         return written + n
-
-    def flush(self) -> np.ndarray:
-        """The remaining output (zeros fed past the end), so that samples_out == samples_in; then reset."""
-        owed = self.samples_in - self.samples_out
-        out = np.empty(0, np.float32)
-        silence = np.zeros((self.mics, self.hop), np.float32)
-        parts = []
-        while owed > sum(p.size for p in parts):
-            parts.append(self.process(silence[:, : self.hop - self._filled]))
-        if parts:
-            out = np.concatenate(parts)[:owed]
-        self.reset()
-        return out
 
 
 class AtRate:
@@ -122,13 +156,22 @@ class AtRate:
         self.samples_in = self.samples_out = 0
 
     def process(self, chunk) -> np.ndarray:
-        chunk = self.engine.check(chunk)  # refuse bad audio before the resampler sees it
-        enhanced = self.engine.process(self._in.process(chunk))
-        return self._account(self._out.process(enhanced[None])[0], chunk.shape[1])
+        return self.engine._drive(self.steps(chunk))
 
     def flush(self) -> np.ndarray:
-        enhanced = np.concatenate((self.engine.process(self._in.flush()), self.engine.flush()))
-        tail = self._out.process(enhanced[None], last=True)[0]
+        return self.engine._drive(self.flush_steps())
+
+    def steps(self, chunk):
+        """``process`` as a generator of hops (see ``StreamingEnhancer.steps``)."""
+        chunk = self.engine.check(chunk)  # refuse bad audio before the resampler sees it
+        enhanced = yield from self.engine.steps(self._in.process(chunk))
+        return self._account(self._out.process(enhanced[None])[0], chunk.shape[1])
+
+    def flush_steps(self):
+        """``flush`` as a generator of hops."""
+        first = yield from self.engine.steps(self._in.flush())
+        rest = yield from self.engine.flush_steps()
+        tail = self._out.process(np.concatenate((first, rest))[None], last=True)[0]
         owed = self.samples_in - self.samples_out
         tail = np.pad(tail, (0, max(0, owed - tail.size)))[:owed]  # exact length: resampling rounds
         self.samples_out += tail.size

@@ -17,20 +17,22 @@ from speechnorm.server import EnhancementServer, Limits
 from speechnorm.stream import AtRate, StreamingEnhancer
 
 
-WORKERS = 0
+MODE = {}
+MODE_OPTIONS = {"batched": {}, "event-loop": {"max_batch": 1}, "workers": {"workers": 2}}
 
 
-@pytest.fixture(autouse=True, params=[0, 2], ids=["event-loop", "workers"])
+@pytest.fixture(autouse=True, params=list(MODE_OPTIONS))
 def server_mode(request, monkeypatch):
-    """Every test here runs against both modes: the model in the event loop, and in 2 threads."""
-    monkeypatch.setattr(sys.modules[__name__], "WORKERS", request.param)
+    """Every test here runs against the three modes: streams batched into shared model calls (the
+    default), one call per stream and hop in the event loop, and in 2 worker threads."""
+    monkeypatch.setattr(sys.modules[__name__], "MODE", MODE_OPTIONS[request.param])
 
 
 def run_with_server(folder, body, **limits):
     """Run ``body(server, url)`` against a fresh server on an ephemeral port."""
 
     async def main():
-        server = EnhancementServer(folder, Limits(**limits), workers=WORKERS)
+        server = EnhancementServer(folder, Limits(**limits), **MODE)
         async with TestServer(server.app(), host="127.0.0.1") as http:
             return await body(server, str(http.make_url("/ws")).replace("http", "ws", 1), http)
 

@@ -1,4 +1,4 @@
-"""The server under hostile clients, in both modes (model in the event loop, and in worker threads):
+"""The server under hostile clients, in its three modes (streams batched, one call per stream in the event loop, in worker threads):
 odd JSON values, a client hogging the model with maximum-size messages, a real-time client that
 never reads, the exact size limit, resets while the server is blocked sending, bad static paths,
 and what the server tells about itself. Real sockets on loopback throughout."""
@@ -26,12 +26,16 @@ from wsraw import flooding_client, raw_websocket, ws_frame
 
 pytestmark = pytest.mark.reliability
 SPEECH = (0.2 * np.sin(2 * np.pi * 200 * np.arange(8000) / 16000)[None] * np.ones((2, 1))).astype(np.float32)
-MODES = pytest.mark.parametrize("workers", [0, 2], ids=["event-loop", "workers"])
+#: The server's three ways to run the model: streams batched into shared calls (the default), one
+#: call per stream and hop in the event loop, and one call per stream and hop in worker threads.
+MODE_OPTIONS = {"batched": {}, "event-loop": {"max_batch": 1}, "workers": {"workers": 2}}
+MODES = pytest.mark.parametrize("mode", list(MODE_OPTIONS))
 
 
-async def serving(folder, body, workers, expose_peers=False, **limits):
+async def serving(folder, body, mode, expose_peers=False, **limits):
     options = {"expose_peers": True} if expose_peers else {}
-    server = EnhancementServer(folder, Limits(**limits), workers=workers, **options)
+    server = EnhancementServer(folder, Limits(**limits), **MODE_OPTIONS[mode], **options)
+    assert (server.batcher is not None) == (mode == "batched")
     async with TestServer(server.app(), host="127.0.0.1") as http:
         return await body(server, str(http.make_url("/ws")).replace("http", "ws", 1), http)
 
@@ -69,7 +73,7 @@ async def answered(ws, payload):
 
 
 @MODES
-def test_odd_json_values_are_answered_with_an_error_before_and_during_a_stream(tiny_export, workers, caplog):
+def test_odd_json_values_are_answered_with_an_error_before_and_during_a_stream(tiny_export, mode, caplog):
     folder, _ = tiny_export
     audio = SPEECH[:1]
 
@@ -89,7 +93,7 @@ def test_odd_json_values_are_answered_with_an_error_before_and_during_a_stream(t
         return codes, np.concatenate(out)
 
     with caplog.at_level(logging.DEBUG):
-        codes, out = asyncio.run(serving(folder, body, workers))
+        codes, out = asyncio.run(serving(folder, body, mode))
     assert set(codes) <= {"bad_json", "bad_message", "bad_start", "already_started"}, codes
     np.testing.assert_array_equal(out, expected(folder, audio))  # the odd messages changed nothing
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text[-2000:]
@@ -119,12 +123,12 @@ def test_fuzzed_field_values_are_answered_by_the_protocol(tiny_export, messages)
                 assert reply.get("code") != "internal_error", reply
         return await stream_audio(url, SPEECH, 16000)  # still serving, exactly
 
-    result = asyncio.run(serving(folder, body, 0))
+    result = asyncio.run(serving(folder, body, "batched"))
     np.testing.assert_array_equal(result.audio, expected(folder, SPEECH))
 
 
 @MODES
-def test_maximum_size_messages_do_not_delay_a_real_time_probe(workers):
+def test_maximum_size_messages_do_not_delay_a_real_time_probe(mode):
     """One client sends maximum-size messages (1 MiB of 1-channel s16le, ~33 s of audio) every
     2 s; a real-time 4-mic stream beside it gets its replies within 40 ms (p99; the slowest within
     100 ms, margin for a loaded 2-core CI machine: one unsliced message stalls it ~650 ms)."""
@@ -153,7 +157,7 @@ def test_maximum_size_messages_do_not_delay_a_real_time_probe(workers):
         await heavy_task
         return probe, heavy_replies
 
-    probe, heavy_replies = asyncio.run(serving(default_model(), body, workers))
+    probe, heavy_replies = asyncio.run(serving(default_model(), body, mode))
     assert len(heavy_replies) == 3 and all(n > 0 for n in heavy_replies)  # the heavy client was served too
     assert probe.audio.size == probe_audio.shape[1] and probe.underruns == 0
     assert np.percentile(probe.latencies_ms, 99) < 40 and max(probe.latencies_ms) < 100, sorted(probe.latencies_ms)[-5:]
@@ -175,7 +179,7 @@ def drain_until_closed(sock: socket.socket, seconds: float) -> bool:
 
 
 @MODES
-def test_a_real_time_client_that_never_reads_is_dropped_in_time_and_its_socket_closed(tiny_export, workers):
+def test_a_real_time_client_that_never_reads_is_dropped_in_time_and_its_socket_closed(tiny_export, mode):
     folder, _ = tiny_export
     limit_s = 2.0
 
@@ -208,7 +212,7 @@ def test_a_real_time_client_that_never_reads_is_dropped_in_time_and_its_socket_c
         sock.close()
         return dropped_after, closed, await honest, len(server.sessions)
 
-    dropped_after, closed, honest, left = asyncio.run(serving(folder, body, workers, send_timeout_s=limit_s))
+    dropped_after, closed, honest, left = asyncio.run(serving(folder, body, mode, send_timeout_s=limit_s))
     assert dropped_after is not None and dropped_after < limit_s + 1.0, dropped_after
     assert closed  # the server released the socket, not left it ESTABLISHED with replies queued
     np.testing.assert_array_equal(honest.audio, expected(folder, np.tile(SPEECH, (1, 6))))  # a reader is never dropped
@@ -216,7 +220,7 @@ def test_a_real_time_client_that_never_reads_is_dropped_in_time_and_its_socket_c
 
 
 @MODES
-def test_the_size_limit_is_at_most_max_message_bytes(tiny_export, workers):
+def test_the_size_limit_is_at_most_max_message_bytes(tiny_export, mode):
     folder, _ = tiny_export
     limit = 4000  # bytes: 1000 one-channel float samples
 
@@ -228,13 +232,13 @@ def test_the_size_limit_is_at_most_max_message_bytes(tiny_export, workers):
             closing = await ws.receive(timeout=10)
         return exact, closing, ws.close_code
 
-    exact, closing, code = asyncio.run(serving(folder, body, workers, max_message_bytes=limit))
+    exact, closing, code = asyncio.run(serving(folder, body, mode, max_message_bytes=limit))
     assert isinstance(exact, bytes)
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and code == 1009
 
 
 @MODES
-def test_a_client_reset_while_the_server_is_blocked_sending_leaves_a_clean_log(tiny_export, workers, caplog):
+def test_a_client_reset_while_the_server_is_blocked_sending_leaves_a_clean_log(tiny_export, mode, caplog):
     folder, _ = tiny_export
 
     async def body(server, url, http):
@@ -251,7 +255,7 @@ def test_a_client_reset_while_the_server_is_blocked_sending_leaves_a_clean_log(t
         return len(server.sessions), await stream_audio(url, SPEECH, 16000)
 
     with caplog.at_level(logging.DEBUG):
-        left, after = asyncio.run(serving(folder, body, workers, send_timeout_s=30))
+        left, after = asyncio.run(serving(folder, body, mode, send_timeout_s=30))
     assert left == 0
     np.testing.assert_array_equal(after.audio, expected(folder, SPEECH))
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text[-3000:]
@@ -272,7 +276,7 @@ def test_bad_static_paths_are_404_and_no_server_banner(tiny_export):
                 banners.add(ws._response.headers.get("Server", ""))
         return statuses, banners
 
-    statuses, banners = asyncio.run(serving(folder, body, 0))
+    statuses, banners = asyncio.run(serving(folder, body, "batched"))
     assert statuses.pop("/static/app.js") == 200 and statuses.pop("/") == 200 and statuses.pop("/health") == 200
     assert set(statuses.values()) == {404}, statuses
     assert not any("aiohttp" in b or "Python" in b for b in banners), banners
@@ -288,6 +292,6 @@ def test_health_lists_peer_addresses_only_when_asked(tiny_export, expose_peers):
             async with client.get(http.make_url("/health")) as response:
                 return await response.json()
 
-    health = asyncio.run(serving(folder, body, 0, expose_peers=expose_peers))
+    health = asyncio.run(serving(folder, body, "batched", expose_peers=expose_peers))
     (stream,) = health["streams"]
     assert ("peer" in stream) == expose_peers and ("127.0.0.1" in json.dumps(health)) == expose_peers
