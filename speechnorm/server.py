@@ -156,13 +156,16 @@ class EnhancementServer:
         watching = asyncio.create_task(self._watch(ws, request, session, serving))
         try:
             await serving
-        except (ConnectionError, asyncio.CancelledError):  # a reset, or dropped by the watch
+        except (ConnectionError, asyncio.CancelledError):  # a reset, or dropped (or timed out) by the watch
             pass
         finally:
             serving.cancel()
             watching.cancel()
             session.close()
             del self.sessions[stats.id]  # a dropped client frees its state
+            if session.idle_out:
+                await self._send_error(ws, ProtocolError("idle_timeout", f"nothing received for {self.limits.idle_timeout_s:g} s"))
+                await self._close(ws, request, WSCloseCode.GOING_AWAY, b"idle")
             await self._close(ws, request)
         return ws
 
@@ -179,11 +182,16 @@ class EnhancementServer:
 
     async def _watch(self, ws: web.WebSocketResponse, request: web.Request, session: Session,
                      serving: asyncio.Task) -> None:
-        """Ask for read receipts while replies are unread; drop a client that leaves one unread too long."""
+        """Ask for read receipts while replies are unread; drop a client that leaves one unread too long;
+        end a stream that sends nothing for ``idle_timeout_s`` (checked here, not by a timer per message)."""
         limits, ping = self.limits, None
         while not serving.done():
-            await asyncio.sleep(limits.ping_interval_s / 2)
+            await asyncio.sleep(min(limits.ping_interval_s, limits.idle_timeout_s) / 2)
             now = time.monotonic()
+            if session.busy_since is None and now - session.last_active > limits.idle_timeout_s:
+                session.idle_out = True
+                serving.cancel()
+                return
             if session.receipts.oldest_unread_age(now) > limits.send_timeout_s:
                 self._drop(request, session, serving)
                 return
@@ -211,12 +219,9 @@ class EnhancementServer:
 
     async def _serve(self, ws: web.WebSocketResponse, request: web.Request, session: Session) -> None:
         while True:
-            try:
-                msg = await ws.receive(timeout=self.limits.idle_timeout_s)
-            except asyncio.TimeoutError:
-                await self._send_error(ws, ProtocolError("idle_timeout", f"nothing received for {self.limits.idle_timeout_s:g} s"))
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"idle")
-                return
+            session.busy_since = None
+            msg = await ws.receive()  # the idle limit is kept by _watch: no timer per message
+            session.busy_since = session.last_active = time.monotonic()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
             if msg.type == WSMsgType.ERROR:  # e.g. over max_message_bytes: aiohttp closes with 1009
@@ -287,7 +292,11 @@ class EnhancementServer:
 
     async def _send(self, ws: web.WebSocketResponse, session: Session, payload: bytes | dict) -> None:
         send = ws.send_bytes(payload) if isinstance(payload, bytes) else ws.send_str(json.dumps(payload))
-        await asyncio.wait_for(send, self.limits.send_timeout_s)
+        transport = ws._req.transport if ws._req is not None else None
+        if transport is not None and not transport.get_write_buffer_size():
+            await send  # nothing queued in the kernel's way: the write cannot wait (the common case, no timer)
+        else:
+            await asyncio.wait_for(send, self.limits.send_timeout_s)
         session.receipts.sent(time.monotonic())
 
     async def _send_error(self, ws: web.WebSocketResponse, err: ProtocolError) -> None:
@@ -319,7 +328,17 @@ def run_one(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, l
                     else "one call per stream")
         print(f"speechnorm serve: {server.model.name} ({type(server.model).__name__}, {batching}) on http://{host}:{port}/ "
               f"(WebSocket /ws, health /health; protocol v{PROTOCOL_VERSION}, serve/PROTOCOL.md{pool})", flush=True)
-    web.run_app(server.app(), host=host, port=port, print=None, reuse_port=board is not None)
+    web.run_app(server.app(), host=host, port=port, print=None, reuse_port=board is not None, loop=new_event_loop())
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop (libuv: about half the CPU per WebSocket message of asyncio's, measured with
+    ``scripts/load_test.py``), or asyncio's where uvloop is not installed (e.g. Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,

@@ -71,6 +71,9 @@ class Session:
         self.slot = None  # the stream's row of the server's batched pool, when it batches
         self.dtype: np.dtype | None = None
         self.receipts = ReadReceipts()
+        self.last_active = time.monotonic()  # when the last message came in
+        self.busy_since: float | None = None  # set while a message is being answered
+        self.idle_out = False  # ended by the idle limit
 
     def start(self, message: dict) -> dict:
         if self.engine is not None:
@@ -105,8 +108,9 @@ class Session:
         if len(payload) % frame_bytes:
             raise ProtocolError("bad_frame", f"{len(payload)} bytes is not a whole number of {self.stats.channels}-channel "
                                              f"{self.stats.format} frames ({frame_bytes} bytes each)")
-        samples = np.frombuffer(payload, dtype=self.dtype).reshape(-1, self.stats.channels).T
-        samples = samples.astype(np.float32) / 32768.0 if self.dtype.kind == "i" else samples.astype(np.float32)
+        samples = np.frombuffer(payload, dtype=self.dtype).reshape(-1, self.stats.channels).T.astype(np.float32, order="C")
+        if self.dtype.kind == "i":
+            samples /= 32768.0
         try:  # the whole message, before any of it is consumed: a refused message changes nothing
             return self.engine.engine.check(samples)
         except ValueError as err:
@@ -124,14 +128,14 @@ class Session:
 
     def process(self, samples: np.ndarray) -> bytes:
         """One slice of checked audio through the engine -> encoded enhanced samples."""
-        out = self.engine.process(samples)
+        out = self.engine.engine._drive(self.engine.steps(samples, checked=True))
         self.stats.samples_in += samples.shape[1]
         self.stats.samples_out += out.size
         return self.encode(out)
 
     async def process_batched(self, samples: np.ndarray) -> bytes:
         """A whole message of checked audio, its hops stepped in the server's batched rounds."""
-        out = await self._batched(self.engine.steps(samples))
+        out = await self._batched(self.engine.steps(samples, checked=True))
         self.stats.samples_in += samples.shape[1]
         self.stats.samples_out += out.size
         return self.encode(out)

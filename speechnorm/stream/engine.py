@@ -64,10 +64,10 @@ class StreamingEnhancer:
             raise ValueError(f"expected float audio in [-1, 1], got {chunk.dtype}; scale integer PCM first (x / 32768 for 16-bit)")
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if chunk.size:
-            if not np.isfinite(chunk).all():
-                raise ValueError("audio contains NaN or inf samples")
-            peak = float(np.abs(chunk).max())
-            if peak > MAX_ABS_SAMPLE:
+            peak = float(np.abs(chunk).max())  # NaN if any sample is NaN, inf if any is infinite
+            if not peak <= MAX_ABS_SAMPLE:
+                if not np.isfinite(peak):
+                    raise ValueError("audio contains NaN or inf samples")
                 raise ValueError(f"audio peaks at {peak:g}, far beyond [-1, 1]; is it unscaled integer PCM?")
         return chunk
 
@@ -83,8 +83,9 @@ class StreamingEnhancer:
     # of (M, hop) arrays, possibly empty), is sent their enhanced outputs (a list of (hop,)
     # arrays, in order), and returns the samples ready. ``process``/``flush`` step the hops
     # through this engine's own stream; a server gathers many engines' hops into one batched call.
-    def steps(self, chunk):
-        hops = self._feed(self.check(chunk))
+    def steps(self, chunk, checked: bool = False):
+        """``checked``: ``chunk`` is what ``check`` returned (a server checks a message once)."""
+        hops = self._feed(chunk if checked else self.check(chunk))
         outputs = yield hops
         return self._take(outputs)
 
@@ -161,10 +162,12 @@ class AtRate:
     def flush(self) -> np.ndarray:
         return self.engine._drive(self.flush_steps())
 
-    def steps(self, chunk):
+    def steps(self, chunk, checked: bool = False):
         """``process`` as a generator of hops (see ``StreamingEnhancer.steps``)."""
-        chunk = self.engine.check(chunk)  # refuse bad audio before the resampler sees it
-        enhanced = yield from self.engine.steps(self._in.process(chunk))
+        if not checked:
+            chunk = self.engine.check(chunk)  # refuse bad audio before the resampler sees it
+        # resampled checked audio stays finite and within the limit: not checked again
+        enhanced = yield from self.engine.steps(self._in.process(chunk), checked=True)
         return self._account(self._out.process(enhanced[None])[0], chunk.shape[1])
 
     def flush_steps(self):
