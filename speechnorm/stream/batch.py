@@ -69,6 +69,8 @@ class StatePool:
     def run(self, slots: list[int] | np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One hop of each of ``slots``' streams: audio (S, mics, hop) -> enhanced (S, hop); states advance."""
         index = np.asarray(slots)
+        if len(index) and index[-1] - index[0] == len(index) - 1 and (len(index) == 1 or (np.diff(index) == 1).all()):
+            index = slice(int(index[0]), int(index[-1]) + 1)  # consecutive rows (the usual case): views, no gather
         feeds = {AUDIO: audio}
         for name, rows in zip(self.names, self.rows):
             feeds[name] = rows[index]
