@@ -56,6 +56,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.target == "triton":
+        return _export_triton(args)
     from .export import export_model
 
     card = export_model(args.checkpoint, args.out, max_mics=args.max_mics)
@@ -65,6 +67,28 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}/model.onnx (step), model_batch.onnx (streams batched), model_offline.onnx and card.json; "
           f"onnxruntime vs PyTorch on real speech, mics {', '.join(diffs)}: max |diff| {worst:.2e}; batched vs one "
           f"stream: {batch:.2e}")
+    return 0
+
+
+def _export_triton(args: argparse.Namespace) -> int:
+    """A Triton model repository, from an exported folder (runtime only) or from a checkpoint (exported first)."""
+    import tempfile
+    from pathlib import Path
+
+    from .stream.backends import BATCH_FILE, STEP_FILE
+    from .triton_repo import write_repository
+
+    source = Path(args.checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (source.is_dir() and (source / STEP_FILE).is_file() and (source / BATCH_FILE).is_file()):
+            from .export import export_model
+
+            export_model(source, tmp, max_mics=max(args.max_mics, args.mics))
+            source = Path(tmp)
+        folder = write_repository(source, args.out, mics=args.mics, max_batch=args.max_batch,
+                                  queue_delay_us=int(1000 * args.batch_wait_ms))
+    print(f"wrote the Triton model {folder} ({args.mics} mics, up to {args.max_batch} streams per call, state kept by "
+          f"Triton's sequence batcher); serve {args.out} with tritonserver --model-repository, see {folder}/README.md")
     return 0
 
 
@@ -138,9 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--items", type=int, default=None, help="evaluate only the first N items")
     evaluate.set_defaults(run=_evaluate)
     export = commands.add_parser("export", help="export a checkpoint to ONNX (streaming step with state + offline graph), verified")
-    export.add_argument("checkpoint", help="a .ckpt file, or a model folder holding model.ckpt")
+    export.add_argument("checkpoint", help="a .ckpt file, or a model folder holding model.ckpt (--target triton: "
+                                           "or an exported folder)")
     export.add_argument("-o", "--out", required=True, help="folder for model.onnx, model_offline.onnx and card.json")
     export.add_argument("--max-mics", type=int, default=16, help="largest mic count the card allows (verified; default 16)")
+    export.add_argument("--target", choices=("onnx", "triton"), default="onnx",
+                        help="onnx: the model folder (default); triton: a model repository for NVIDIA Triton Inference "
+                             "Server (batched step graph, implicit state) from a checkpoint or an exported folder")
+    export.add_argument("--mics", type=int, default=4, help="triton: the repository's mic count (default 4)")
+    export.add_argument("--max-batch", type=int, default=64, help="triton: streams per call (default 64)")
+    export.add_argument("--batch-wait-ms", type=float, default=4.0, help="triton: the longest queue delay (default 4 ms)")
     export.set_defaults(run=_export)
     enhance = commands.add_parser("enhance", help="enhance a multi-channel WAV/FLAC file (streamed; any rate, 1-16 mics)")
     enhance.add_argument("input", help="WAV/FLAC, channel 0 is the reference mic")
