@@ -192,7 +192,10 @@ class EnhancementServer:
                 session.idle_out = True
                 serving.cancel()
                 return
-            if session.receipts.oldest_unread_age(now) > limits.send_timeout_s:
+            # while a message is being answered, the client's pongs wait in the socket unread by us:
+            # judge the client by what it had read when we last read (a long message is no one's fault)
+            judged_at = now if session.busy_since is None else session.busy_since
+            if session.receipts.oldest_unread_age(judged_at) > limits.send_timeout_s:
                 self._drop(request, session, serving)
                 return
             if ping is None or ping.done():  # a ping still stuck in a full buffer: no need for another

@@ -148,7 +148,9 @@ def test_maximum_size_messages_do_not_delay_a_real_time_probe(mode):
                     payload = encode(big, "s16le")
                     assert len(payload) == limit
                     await ws.send_bytes(payload)
-                    heavy_replies.append(len((await ws.receive(timeout=30)).data))
+                    reply = await ws.receive(timeout=30)
+                    assert reply.type == aiohttp.WSMsgType.BINARY, (reply.type, reply.data, reply.extra)
+                    heavy_replies.append(len(reply.data))
                     await asyncio.sleep(2.0)
 
         heavy_task = asyncio.create_task(heavy())
