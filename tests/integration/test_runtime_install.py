@@ -16,6 +16,7 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "tac_gru_online_small"
+BATCHED_MODEL = ROOT / "models" / "tac_gru_online_small_v2"  # exported with the batched step graph
 EXAMPLE = ROOT / "speechnorm" / "assets" / "example_4mic.flac"
 CLIENT = """
 import asyncio, json, sys
@@ -40,6 +41,8 @@ def runtime_venv(tmp_path_factory):
     installed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=json"], capture_output=True, text=True).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
     assert not names & {"torch", "lightning", "torchaudio", "onnx"}, names  # the runtime really is torch-free
+    size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    assert size < 300e6, f"the runtime install takes {size / 1e6:.0f} MB"
     return venv
 
 
@@ -63,7 +66,7 @@ def test_serve_runs_without_torch(runtime_venv, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(runtime_venv / "bin" / "speechnorm"), "serve", "--model", str(MODEL), "--port", str(port)],
+    server = subprocess.Popen([str(runtime_venv / "bin" / "speechnorm"), "serve", "--model", str(BATCHED_MODEL), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                               env={**os.environ, "PYTHONPATH": ""})
     try:
@@ -80,5 +83,15 @@ def test_serve_runs_without_torch(runtime_venv, tmp_path):
         assert result == {"samples": 32000, "training_modules": []}
     finally:
         server.terminate()
-        _, errors = server.communicate(timeout=20)
+        output, errors = server.communicate(timeout=20)
     assert "Traceback" not in errors, errors
+    assert "batched, up to 64 streams per call" in output  # streams batched, from the runtime install
+
+
+def test_a_triton_repository_is_written_without_torch(runtime_venv, tmp_path):
+    done = subprocess.run([str(runtime_venv / "bin" / "speechnorm"), "export", str(BATCHED_MODEL), "-o", str(tmp_path / "repo"),
+                           "--target", "triton", "--mics", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "repo" / BATCHED_MODEL.name
+    assert (folder / "config.pbtxt").is_file() and (folder / "1" / "model.onnx").read_bytes() == \
+        (BATCHED_MODEL / "model_batch.onnx").read_bytes()
