@@ -160,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hog", action="store_true", help="one more client sending 1 MiB messages every 2 s")
     parser.add_argument("--processes", type=int, default=1, help="server processes sharing the port")
     parser.add_argument("--max-batch", type=int, default=None, help="the server's streams per model call (1: one call per stream)")
+    parser.add_argument("--batch-wait-ms", type=float, default=None, help="the server's longest wait for other streams' hops")
     parser.add_argument("--compare", action="store_true",
                         help="run every count with one model call per stream and hop, then batched (same run)")
     parser.add_argument("--client-processes", type=int, default=1, help="processes the clients are spread over")
@@ -184,12 +185,15 @@ def run_server(args, max_batch: int | None) -> None:
         command += ["--processes", str(args.processes)]
     if max_batch is not None:
         command += ["--max-batch", str(max_batch)]
+    if args.batch_wait_ms is not None:
+        command += ["--batch-wait-ms", str(args.batch_wait_ms)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         health_url = f"http://127.0.0.1:{port}/health"
         asyncio.run(wait_healthy(health_url))
         batching = asyncio.run(get_health(health_url)).get("batching")
-        mode = f"streams batched, up to {batching['max_batch']} per model call" if batching else "one model call per stream and hop"
+        mode = (f"streams batched, up to {batching['max_batch']} per model call, waiting at most {batching['wait_ms']:g} ms"
+                if batching else "one model call per stream and hop")
         print(f"\n# {args.processes} server process(es), {mode}; {args.mics}-mic streams of {args.seconds:g} s at real-time "
               f"pace, 10 ms messages, {args.buffer_ms:g} ms playback buffer; clients in {args.client_processes} other "
               f"process(es); {os.cpu_count()} CPUs shared by server and clients\n")

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "Server (batched step graph, implicit state) from a checkpoint or an exported folder")
     export.add_argument("--mics", type=int, default=4, help="triton: the repository's mic count (default 4)")
     export.add_argument("--max-batch", type=int, default=64, help="triton: streams per call (default 64)")
-    export.add_argument("--batch-wait-ms", type=float, default=4.0, help="triton: the longest queue delay (default 4 ms)")
+    export.add_argument("--batch-wait-ms", type=float, default=8.0, help="triton: the longest queue delay (default 8 ms)")
     export.set_defaults(run=_export)
     enhance = commands.add_parser("enhance", help="enhance a multi-channel WAV/FLAC file (streamed; any rate, 1-16 mics)")
     enhance.add_argument("input", help="WAV/FLAC, channel 0 is the reference mic")
@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=64,
                        help="streams per batched model call (default 64; 1: one call per stream and hop); batching "
                             "needs the model's batched step graph (model_batch.onnx) and --workers 0")
-    serve.add_argument("--batch-wait-ms", type=float, default=4.0,
-                       help="the longest a ready hop waits for other streams' hops to share its call (default 4 ms)")
+    serve.add_argument("--batch-wait-ms", type=float, default=8.0,
+                       help="the longest a ready hop waits for other streams' hops to share its call (default 8 ms)")
     serve.set_defaults(run=_serve)
     commands.add_parser("train", help="train a model from a recipe: speechnorm train --config recipes/NAME/conf.yaml",
                         add_help=False)

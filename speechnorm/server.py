@@ -62,7 +62,7 @@ class EnhancementServer:
     def __init__(self, model_path: str | Path, limits: Limits | None = None, backend: str = "auto",
                  workers: int = 0, static_dir: Path | None = STATIC, expose_peers: bool = False,
                  board=None, id_start: int = 1, id_step: int = 1, max_batch: int = 64,
-                 batch_wait_s: float = 0.004):
+                 batch_wait_s: float = 0.008):
         self.model = load(model_path, backend=backend, threads=1)
         self.batcher = None
         if max_batch > 1 and workers == 0 and isinstance(self.model, OnnxModel) and self.model.batch_session is not None:
@@ -320,7 +320,7 @@ class EnhancementServer:
 
 def run_one(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
             backend: str = "auto", workers: int = 0, expose_peers: bool = False, board=None, id_start: int = 1,
-            id_step: int = 1, max_batch: int = 64, batch_wait_s: float = 0.004) -> None:
+            id_step: int = 1, max_batch: int = 64, batch_wait_s: float = 0.008) -> None:
     """One server process (``board``: it is one of a pool sharing the port)."""
     server = EnhancementServer(model_path, limits, backend=backend, workers=workers, expose_peers=expose_peers,
                                board=board, id_start=id_start, id_step=id_step, max_batch=max_batch,
@@ -346,7 +346,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
           backend: str = "auto", workers: int = 0, expose_peers: bool = False, processes: int = 1,
-          max_batch: int = 64, batch_wait_s: float = 0.004) -> None:
+          max_batch: int = 64, batch_wait_s: float = 0.008) -> None:
     """``speechnorm serve``: one process, or ``processes`` sharing the port (``server_pool``)."""
     from .server_pool import serve_pool
 

@@ -104,7 +104,7 @@ instance_group [
 
 
 def write_repository(model_dir: str | Path, repo: str | Path, mics: int = 4, max_batch: int = 64,
-                     queue_delay_us: int = 4000, idle_us: int = 5_000_000, name: str | None = None) -> Path:
+                     queue_delay_us: int = 8000, idle_us: int = 5_000_000, name: str | None = None) -> Path:
     """Write ``repo/<name>/`` from an exported model folder; returns the model's folder in the repository."""
     model_dir = Path(model_dir)
     batch_graph = model_dir / BATCH_FILE

@@ -9,7 +9,8 @@ one-stream graph's (tested bit-identical), whatever else shares its call.
 ``Batcher`` is the asyncio side for a server: streams ``submit`` their hops and await the
 outputs; one task runs rounds, each taking at most one hop from every stream with work queued
 (so a stream that sends a long message cannot delay the others: its hops spread over rounds),
-after waiting at most ``wait_s`` for the other active streams to have a hop ready.
+after waiting at most ``wait_s`` for the other *active* streams (those that sent a hop within
+``ACTIVE_S``) to have a hop ready: a stream that pauses is not waited for.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import numpy as np
 
 from ..graph_io import AUDIO
 from .backends import OnnxModel
+
+#: A stream that gave the batcher a hop within this long is waited for (up to ``wait_s``) so that
+#: its next hop shares the call; an idle one is not.
+ACTIVE_S = 0.05
 
 
 class StatePool:
@@ -98,6 +103,7 @@ class PoolSlot:
     def __init__(self, pool: StatePool):
         self.pool, self.slot = pool, pool.acquire()
         self.released = False
+        self.last_submit = float("-inf")  # when its stream last gave the batcher work
 
     def step(self, hop_audio: np.ndarray) -> np.ndarray:
         return self.pool.run([self.slot], hop_audio[None])[0]
@@ -123,7 +129,7 @@ class _Request:
 class Batcher:
     """Rounds of batched hops across streams (see the module docstring); runs in the event loop."""
 
-    def __init__(self, model: OnnxModel, max_batch: int = 64, wait_s: float = 0.004):
+    def __init__(self, model: OnnxModel, max_batch: int = 64, wait_s: float = 0.008):
         if model.batch_session is None:
             raise ValueError(f"{model.path.parent}: no batched step graph (model_batch.onnx); re-export the model")
         if max_batch < 1 or wait_s < 0:
@@ -156,7 +162,8 @@ class Batcher:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         future = asyncio.get_running_loop().create_future()
-        self.queues[slot].append(_Request(slot, hops, future, time.monotonic()))
+        slot.last_submit = now = time.monotonic()
+        self.queues[slot].append(_Request(slot, hops, future, now))
         self._wake.set()
         return await future
 
@@ -169,6 +176,12 @@ class Batcher:
                 "hops": self.hops, "mean_batch": round(self.hops / self.rounds, 2) if self.rounds else None}
 
     # ------------------------------------------------------------------ the rounds
+    def _active(self) -> int:
+        """Streams worth waiting for: those that sent a hop within ``ACTIVE_S`` (a live stream sends
+        every 10–20 ms; one that paused, or sends rarely, is not waited for)."""
+        since = time.monotonic() - ACTIVE_S
+        return sum(1 for slot in self.queues if slot.last_submit >= since)
+
     def _ready(self) -> list[PoolSlot]:
         for slot, queue in self.queues.items():
             while queue and queue[0].future.done():  # its stream stopped waiting (cancelled)
@@ -182,7 +195,7 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.wait_s > 0 and len(ready) < min(len(self.queues), self.max_batch):
+            if self.wait_s > 0 and len(ready) < min(self._active(), self.max_batch):
                 oldest = min(self.queues[slot][0].arrived for slot in ready)
                 remaining = oldest + self.wait_s - time.monotonic()
                 if remaining > 0:  # wait for the others, at most until the oldest has waited wait_s

@@ -163,3 +163,22 @@ def test_a_model_without_a_batched_graph_is_refused_with_a_clear_error(model, tm
         StatePool(bare, 1)
     with pytest.raises(ValueError, match="model_batch.onnx"):
         Batcher(bare)
+
+
+def test_a_stream_that_pauses_is_not_waited_for(model):
+    """Rounds wait (here up to 5 s) for active streams' hops, never for a stream that went quiet:
+    the other stream's hops go through at once."""
+    from speechnorm.stream.batch import ACTIVE_S
+
+    hop = model.hop
+
+    async def main():
+        batcher = Batcher(model, max_batch=8, wait_s=5.0)
+        quiet, busy = batcher.open(1), batcher.open(1)
+        await batcher.submit(quiet, [noise(0, 1, hop)])  # alone and waited for nobody: runs at once
+        await asyncio.sleep(ACTIVE_S * 1.5)
+        outputs = [await asyncio.wait_for(batcher.submit(busy, [noise(k, 1, hop)]), 2.0) for k in range(5)]
+        batcher.stop()
+        return outputs
+
+    assert len(asyncio.run(main())) == 5
