@@ -49,7 +49,7 @@ class Streamable(nn.Module):
         return initial_state(self, batch, device, dtype)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.forward(x_t.unsqueeze(2)).squeeze(2), state
+        return self.forward(x_t.unsqueeze(2))[:, :, 0], state  # an index, not squeeze: no If node when exported
 
 
 @register_layer("pointwise", example=lambda: (Pointwise(6, 5), (2, 6, 7)))
@@ -103,7 +103,7 @@ class CausalConv1d(Streamable):
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         window = torch.cat((state["past"], x_t.unsqueeze(2)), dim=2)  # (B, C, context + 1)
-        return self.conv(window).squeeze(2), {"past": window[:, :, 1:]}
+        return self.conv(window)[:, :, 0], {"past": window[:, :, 1:]}
 
 
 @register_layer("causal_conv2d", example=lambda: (CausalConv2d(3, 4, in_freq=9, kernel_time=3, stride_freq=2), (2, 3, 6, 9)))
@@ -134,7 +134,7 @@ class CausalConv2d(Streamable):
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         window = torch.cat((state["past"], x_t.unsqueeze(2)), dim=2)  # (B, C, kernel_time, F)
-        return self.conv(window).squeeze(2), {"past": window[:, :, 1:]}
+        return self.conv(window)[:, :, 0], {"past": window[:, :, 1:]}
 
 
 @register_layer("freq_transposed_conv", example=lambda: (FreqTransposedConv(4, 3), (2, 4, 5, 7)))
@@ -203,7 +203,7 @@ class LSTM(Streamable):
         Traced for export, the module itself runs on a one-frame sequence: one ONNX LSTM node."""
         if torch.jit.is_tracing():
             out, (h_n, c_n) = self.lstm(x_t.unsqueeze(1), (state["hidden"], state["cell"]))
-            return out.squeeze(1), {"hidden": h_n, "cell": c_n}
+            return out[:, 0], {"hidden": h_n, "cell": c_n}
         hidden, cell = [], []
         for layer in range(self.lstm.num_layers):
             weights = [getattr(self.lstm, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -279,7 +279,7 @@ class TAC(Streamable):
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """(B, M, C) or (B, M, C, F) -> the same shape."""
         if x_t.dim() == 4:
-            return self.forward(x_t.unsqueeze(3)).squeeze(3), state
+            return self.forward(x_t.unsqueeze(3))[:, :, :, 0], state
         per_mic = self.transform(x_t)  # (B, M, H): channels are already last
         shared = self.average(per_mic.mean(dim=1, keepdim=True)).expand_as(per_mic)
         return x_t + self.concat(torch.cat((per_mic, shared), dim=-1)), state

@@ -87,7 +87,7 @@ class SequenceNorm(nn.Module):
         """One frame. Frame-local normalizers run their sequence forward on a one-frame sequence."""
         self.require_streamable()
         self.check_frame(x_t)
-        return self.forward(x_t.unsqueeze(2)).squeeze(2), state
+        return self.forward(x_t.unsqueeze(2))[:, :, 0], state  # an index, not squeeze: no If node when exported
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
