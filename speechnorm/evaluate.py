@@ -78,7 +78,7 @@ class Runner:
 
 
 def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluation", items: int | None = None,
-             pictures: int = 3, data_overrides: dict | None = None, backend: str = "auto") -> dict:
+             pictures: int = 3, data_overrides: dict | None = None, backend: str = "auto", dnsmos: bool = True) -> dict:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     runner = Runner(model, backend)
@@ -96,15 +96,17 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
         plan = dataset.plan(index)
         row = {"item": index, "mics": noisy.shape[0], "noise": plan["noise"], "t60": round(plan["t60"], 3),
                "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
-        row.update(score_clip(estimate, noisy, target, runner.sample_rate, runner.delay))
+        row.update(score_clip(estimate, noisy, target, runner.sample_rate, runner.delay, with_dnsmos=dnsmos))
         rows.append(row)
         if index < pictures:
             enhanced, aligned_target = align(estimate, target, runner.delay)
             spectrograms(out / f"{split}_{index:03d}.png", noisy[0, : aligned_target.shape[-1]], enhanced, aligned_target,
                          runner.sample_rate)
-    summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in METRICS}
-    result = {"checkpoint": runner.description["path"], "split": split, "items": count,
-              "model": runner.description, "mean": summary, "per_condition": per_condition(rows), "per_item": rows}
+    shown = METRICS if dnsmos else METRICS[:3]  # dnsmos=False: SI-SDR, PESQ, STOI (DNSMOS costs the most)
+    summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in shown}
+    result = {"checkpoint": runner.description["path"], "split": split, "items": count, "metrics": list(shown),
+              "model": runner.description, "mean": summary, "per_condition": per_condition(rows, metrics=shown),
+              "per_item": rows}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     (out / "metrics.md").write_text(markdown_table(result))
     return result
@@ -117,7 +119,8 @@ def t60_band(t60: float) -> str:
     return next(name for low, high, name in T60_BANDS if low <= t60 < high)
 
 
-def per_condition(rows: list[dict], systems: tuple[str, ...] = ("noisy", "enhanced")) -> list[dict]:
+def per_condition(rows: list[dict], systems: tuple[str, ...] = ("noisy", "enhanced"),
+                  metrics: tuple[str, ...] = METRICS) -> list[dict]:
     """Mean scores per noise kind, per T60 band, per mic count, and per noise kind x T60 band x mics
     (a mean over all clips can hide a condition where the model does nothing). Rows hold
     ``noise``, ``t60_band``, ``mics`` and ``{system}/{metric}`` scores."""
@@ -131,24 +134,25 @@ def per_condition(rows: list[dict], systems: tuple[str, ...] = ("noisy", "enhanc
         for values, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
             out.append({"grouping": grouping, "condition": " / ".join(map(str, values)), "clips": len(members),
                         **{f"{who}/{m}": mean([r[f"{who}/{m}"] for r in members])
-                           for who in systems for m in METRICS}})
+                           for who in systems for m in metrics}})
     return out
 
 
 def markdown_table(result: dict) -> str:
     mean_ = result["mean"]
+    metrics = result.get("metrics", METRICS)
     lines = [f"Split `{result['split']}`, {result['items']} items, model `{result['model']['model']}` "
              f"(norm `{result['model']['norm']}`, size `{result['model']['size']}`)", "",
              "| metric | noisy (mic 0) | enhanced | change |", "|---|---:|---:|---:|"]
-    for metric in METRICS:
+    for metric in metrics:
         noisy, enhanced = mean_[f"noisy/{metric}"], mean_[f"enhanced/{metric}"]
         lines.append(f"| {metric} | {noisy:.3f} | {enhanced:.3f} | {enhanced - noisy:+.3f} |")
     if result.get("per_condition"):
         lines += ["", "Per condition (enhanced, and its change over noisy mic 0):", "",
-                  "| grouping | condition | clips | " + " | ".join(METRICS) + " |",
-                  "|---|---|---:|" + "---:|" * len(METRICS)]
+                  "| grouping | condition | clips | " + " | ".join(metrics) + " |",
+                  "|---|---|---:|" + "---:|" * len(metrics)]
         for row in result["per_condition"]:
-            cells = [f"{row[f'enhanced/{m}']:.2f} ({row[f'enhanced/{m}'] - row[f'noisy/{m}']:+.2f})" for m in METRICS]
+            cells = [f"{row[f'enhanced/{m}']:.2f} ({row[f'enhanced/{m}'] - row[f'noisy/{m}']:+.2f})" for m in metrics]
             lines.append(f"| {row['grouping']} | {row['condition']} | {row['clips']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
