@@ -73,3 +73,17 @@ def layer(x, grad_out, *, mu, var, u, v, weight, bias, ecm, alpha_fwd, alpha_bkw
         "u": u,
         "v": v,
     }
+
+
+def randomize(layer):
+    """Non-trivial running statistics and affine parameters for an OnlineNorm layer under test, so
+    that none of them is a no-op in a comparison with the reference."""
+    import torch
+
+    with torch.no_grad():
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+        if layer.affine:
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.normal_(0.0, 0.5)
+    return layer

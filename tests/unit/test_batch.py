@@ -60,6 +60,16 @@ def test_a_stream_gets_the_same_samples_batched_as_alone_at_any_rate(model):
     np.testing.assert_allclose(batched, alone(model, audio, 44100), atol=TOLERANCE)
 
 
+async def drive(batcher, slot, work):
+    """Run an engine's ``steps``/``flush_steps`` through the batcher, as the server does."""
+    hops = next(work)
+    try:
+        while True:
+            hops = work.send(await batcher.submit(slot, hops))
+    except StopIteration as done:
+        return done.value
+
+
 def _slot(model, mics):
     from speechnorm.stream.batch import PoolSlot
 
@@ -84,21 +94,9 @@ def test_batcher_serves_concurrent_streams_exactly_and_a_long_message_delays_no_
             engine = StreamingEnhancer(model, x.shape[0], stream=slot)
             parts, start = [], 0
             for size in sizes[name]:
-                work = engine.steps(x[:, start : start + size])
+                parts.append(await drive(batcher, slot, engine.steps(x[:, start : start + size])))
                 start += size
-                hops = next(work)
-                try:
-                    while True:
-                        hops = work.send(await batcher.submit(slot, hops))
-                except StopIteration as done:
-                    parts.append(done.value)
-            work = engine.flush_steps()
-            hops = next(work)
-            try:
-                while True:
-                    hops = work.send(await batcher.submit(slot, hops))
-            except StopIteration as done:
-                parts.append(done.value)
+            parts.append(await drive(batcher, slot, engine.flush_steps()))
             batcher.close(slot)
             finished.append(name)
             return np.concatenate(parts)
@@ -127,19 +125,11 @@ def test_a_stream_that_leaves_mid_message_disturbs_no_one(model):
         mine = StreamingEnhancer(model, 2, stream=slot)
         parts = []
         for start in range(0, steady.shape[1], hop):
-            work = mine.steps(steady[:, start : start + hop])
             if start == 10 * hop:  # the other stream's client drops while its message is half done
                 pending.cancel()
                 batcher.close(gone)
-            try:
-                work.send(await batcher.submit(slot, next(work)))
-            except StopIteration as done:
-                parts.append(done.value)
-        work = mine.flush_steps()
-        try:
-            work.send(await batcher.submit(slot, next(work)))
-        except StopIteration as done:
-            parts.append(done.value)
+            parts.append(await drive(batcher, slot, mine.steps(steady[:, start : start + hop])))
+        parts.append(await drive(batcher, slot, mine.flush_steps()))
         reused = batcher.open(2)  # the departed stream's row, reset
         batcher.stop()
         return np.concatenate(parts), reused, gone

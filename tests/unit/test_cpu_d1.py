@@ -13,14 +13,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 def randomized(channels, **kwargs):
-    layer = OnlineNorm(channels, alpha_fwd=0.9, alpha_bkw=0.8, stream_axis="time", **kwargs)
-    with torch.no_grad():
-        layer.running_mean.normal_()
-        layer.running_var.uniform_(0.5, 2.0)
-        if layer.affine:
-            layer.weight.uniform_(0.5, 1.5)
-            layer.bias.normal_(0.0, 0.5)
-    return layer
+    return ref.randomize(OnlineNorm(channels, alpha_fwd=0.9, alpha_bkw=0.8, stream_axis="time", **kwargs))
 
 
 LAYOUTS = ("time_contiguous", "stream_first", "time_first", "strided")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reference import online_norm as ref
+from reference.online_norm import randomize
 from speechnorm.norm import OnlineNorm
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -20,17 +21,6 @@ def time_streams(x):
     """(B, C, T[, F]) -> B streams (T, C, D)."""
     x4 = x if x.dim() == 4 else x.unsqueeze(-1)
     return [x4[b].transpose(0, 1) for b in range(x.shape[0])]
-
-
-def randomize(layer):
-    """Non-trivial running statistics and affine parameters, so none of them is a no-op."""
-    with torch.no_grad():
-        layer.running_mean.normal_()
-        layer.running_var.uniform_(0.5, 2.0)
-        if layer.affine:
-            layer.weight.uniform_(0.5, 1.5)
-            layer.bias.normal_(0.0, 0.5)
-    return layer
 
 
 def params(layer):

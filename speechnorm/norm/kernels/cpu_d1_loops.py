@@ -17,6 +17,15 @@ outer = numba.njit(fastmath=_FLAGS, cache=True, parallel=True)
 
 
 @inner
+def untile(tile, rows, t0, n):
+    """A tile of n frames (frame, feature) back into time-contiguous rows (feature, time) from t0."""
+    for i in range(rows.shape[0]):
+        row = rows[i, t0:t0 + n]
+        for j in range(n):
+            row[j] = tile[j, i]
+
+
+@inner
 def forward_frame(xt, out_t, g, b, mu, var, h, consts, layer_scaling):
     """One frame of one stream: rows of C features. Returns the frame's NaN/inf probe."""
     alpha, keep, eps, one, zero = consts[0], consts[1], consts[2], consts[3], consts[4]
@@ -92,10 +101,7 @@ def forward(x, layout, g, b, mu0, var0, consts, layer_scaling, out, mu_end, var_
                         tile_x[j, i] = row[j]
                 for j in range(n):
                     seen += forward_frame(tile_x[j], tile_o[j], g, b, mu, var, h, consts, layer_scaling)
-                for i in range(features):
-                    row = op[i, t0:t0 + n]
-                    for j in range(n):
-                        row[j] = tile_o[j, i]
+                untile(tile_o, op, t0, n)
         elif layout == STREAM_FIRST:
             for t in range(length):
                 seen += forward_frame(x[p, t], out[p, t], g, b, mu, var, h, consts, layer_scaling)
@@ -140,10 +146,7 @@ def backward(x, grad_out, layout, g, b, mu0, var0, u0, v0, consts, layer_scaling
                 for j in range(n):
                     backward_frame(tile_x[j], tile_g[j], tile_o[j], g, b, mu, var, u, v, y, inv_std, h, gy_sum,
                                    g_sum, consts, layer_scaling)
-                for i in range(features):
-                    row = op[i, t0:t0 + n]
-                    for j in range(n):
-                        row[j] = tile_o[j, i]
+                untile(tile_o, op, t0, n)
         elif layout == STREAM_FIRST:
             for t in range(length):
                 backward_frame(x[p, t], grad_out[p, t], grad_x[p, t], g, b, mu, var, u, v, y, inv_std, h, gy_sum,
