@@ -1,6 +1,10 @@
 """Compile the Triton kernels for real GPU targets on a machine without a GPU, and read what ptxas says.
 
     python -m speechnorm.norm.kernels.compile_check          # every kernel x dtype x D x target, a table
+    python -m speechnorm.norm.kernels.compile_check --json   # the same, one JSON report per line
+
+Run it without ``TRITON_INTERPRET=1``: the interpreter swaps ``triton.language``'s functions for
+its own, and compiling for a GPU then fails (the tests, which set it, run this in a subprocess).
 
 Triton compiles ahead of time for a named target (``GPUTarget("cuda", 90, 32)``: H100/H200;
 80: A100) with the ptxas that ships in its wheel; no driver is needed. For each kernel
@@ -112,18 +116,37 @@ def ptxas_usage(ptx: str) -> dict[str, int]:
             "spill": int(frame.group(2)) + int(frame.group(3))}
 
 
-def main() -> None:
-    print("| kernel | dtype | target | D | tile (rows, D) | registers | stack B | spill B | global loads | vectorized |")
-    print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
-    for kernel in KERNELS:
-        dtypes = ("fp32", "fp64") if kernel == "scan" else ("fp32", "bf16", "fp16")
-        widths = (1,) if kernel == "scan" else WIDTHS
-        for target in TARGETS:
-            for dtype in dtypes:
-                for width in widths:
-                    r = asdict(compile_kernel(kernel, dtype, target, width))
-                    print(f"| {r['kernel']} | {r['dtype']} | {r['target']} | {r['width']} | {r['block']} | {r['registers']} "
-                          f"| {r['stack_bytes']} | {r['spill_bytes']} | {r['loads']} | {r['vector_loads']} |", flush=True)
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Compile the Triton kernels for sm_80/sm_90 and report ptxas's usage.")
+    parser.add_argument("--json", action="store_true", help="one JSON report per line instead of a table")
+    parser.add_argument("--only", default=None, help="one configuration, KERNEL:DTYPE:TARGET:D (e.g. affine:fp32:sm_90:1)")
+    parser.add_argument("--tile", type=int, default=None, help="override triton_ops.TILE (to see a spill)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("compile_check: TRITON_INTERPRET=1 swaps triton.language for the interpreter's; "
+                         "run it without (the tests call it in a subprocess)")
+    if args.tile is not None:
+        ops.TILE = args.tile
+    if args.only:
+        kernel, dtype, target, width = args.only.split(":")
+        configurations = [(kernel, dtype, target, int(width))]
+    else:
+        configurations = [(kernel, dtype, target, width) for kernel in KERNELS for target in TARGETS
+                          for dtype in (("fp32", "fp64") if kernel == "scan" else ("fp32", "bf16", "fp16"))
+                          for width in ((1,) if kernel == "scan" else WIDTHS)]
+    if not args.json:
+        print("| kernel | dtype | target | D | tile (rows, D) | registers | stack B | spill B | global loads | vectorized |")
+        print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for configuration in configurations:
+        r = asdict(compile_kernel(*configuration))
+        if args.json:
+            print(json.dumps(r), flush=True)
+        else:
+            print(f"| {r['kernel']} | {r['dtype']} | {r['target']} | {r['width']} | {r['block']} | {r['registers']} "
+                  f"| {r['stack_bytes']} | {r['spill_bytes']} | {r['loads']} | {r['vector_loads']} |", flush=True)
 
 
 if __name__ == "__main__":
