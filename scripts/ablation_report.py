@@ -15,7 +15,9 @@ folder (``report.json``) so that a finished run is scored once:
   train mode (a batch statistic depends on its neighbours). 0 means the trained function is the
   deployed one;
 - the **wall time per training step** (forward, loss, backward, AdamW) at the run's batch size
-  on 2 s 4-mic items, median of 5 after a warm-up step, on this machine.
+  on 2 s 4-mic items, median of 5 after a warm-up step, kept in the JSON only: the report usually
+  runs beside the sweep, so the times are not comparable (``scripts/bench_train_step.py`` measures
+  them in one quiet run).
 
 The table gives, per setting and batch size, the mean ± standard deviation over seeds and the
 number of seeds and clips; ``results/ablation.png`` draws validation SI-SDR against step for
@@ -134,15 +136,14 @@ def table(rows: list[dict]) -> str:
              f"{'/'.join(map(str, clips['test_unseen']))} of `test_unseen` (the same clips for every run); "
              f"{'/'.join(map(str, steps))} training steps.", "",
              "| batch | setting | seeds | test SI-SDR | PESQ | STOI | unseen SI-SDR | PESQ | STOI "
-             "| train/eval gap | ms/step |", "|---:|---|---:|" + "---:|" * 8]
+             "| train/eval gap |", "|---:|---|---:|" + "---:|" * 7]
     for (batch, setting), group in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         cells = [mean_std([r[f"{s}/enhanced/{m}"] for r in group], 3 if m == "stoi" else 2) for s in SPLITS for m in SHOWN]
         gap = max(r["train_eval_gap"] for r in group)
-        ms = statistics.median(r["ms_per_step"] for r in group)
-        lines.append(f"| {batch} | {setting} | {len(group)} | " + " | ".join(cells) + f" | ≤ {gap:.1e} | {ms:.0f} |")
+        lines.append(f"| {batch} | {setting} | {len(group)} | " + " | ".join(cells) + f" | ≤ {gap:.1e} |")
     first = rows[0]
     noisy = [f"{first[f'{s}/noisy/{m}']:.3f}" if m == "stoi" else f"{first[f'{s}/noisy/{m}']:.2f}" for s in SPLITS for m in SHOWN]
-    lines.append("| | noisy input | | " + " | ".join(noisy) + " | | |")
+    lines.append("| | noisy input | | " + " | ".join(noisy) + " | |")
     lines += ["", verdict(groups)]
     return "\n".join(lines) + "\n"
 
@@ -158,8 +159,8 @@ def verdict(groups: dict[tuple, list[dict]]) -> str:
         behind = [f"{s} ({statistics.mean(scores[s]) - statistics.mean(scores[best]):+.2f} dB)" for s in scores
                   if s != best and s not in same]
         out.append(f"- batch {batch}: best on test SI-SDR is **{best}** ({statistics.mean(scores[best]):.2f} dB); "
-                   f"within the largest seed spread ({spread:.2f} dB), i.e. no difference: {', '.join(same) or 'none'}; "
-                   f"behind it: {', '.join(behind) or 'none'}.")
+                   f"within the largest standard deviation over seeds ({spread:.2f} dB), i.e. no difference: "
+                   f"{', '.join(same) or 'no other setting'}; behind it: {', '.join(behind) or 'no other setting'}.")
     return "\n".join(out)
 
 
