@@ -14,10 +14,8 @@ folder (``report.json``) so that a finished run is scored once:
   mode and in eval mode on the first ``test`` clip, enhanced inside a batch of 8 test items in
   train mode (a batch statistic depends on its neighbours). 0 means the trained function is the
   deployed one;
-- the **wall time per training step** (forward, loss, backward, AdamW) at the run's batch size
-  on 2 s 4-mic items, median of 5 after a warm-up step, kept in the JSON only: the report usually
-  runs beside the sweep, so the times are not comparable (``scripts/bench_train_step.py`` measures
-  them in one quiet run).
+- no step times: the report usually runs beside the sweep, where times are not comparable;
+  ``scripts/bench_train_step.py`` measures them in one quiet run.
 
 The table gives, per setting and batch size, the mean ± standard deviation over seeds and the
 number of seeds and clips; ``results/ablation.png`` draws validation SI-SDR against step for
@@ -40,7 +38,6 @@ import torch
 from speechnorm.data.datamodule import EnhancementDataModule
 from speechnorm.evaluate import _accepted, evaluate
 from speechnorm.models.checkpoint import load_model
-from speechnorm.models.speed import median_seconds
 
 SPLITS = ("test", "test_unseen")
 SHOWN = ("si_sdr", "pesq", "stoi")  # DNSMOS left out: it would take most of the scoring time
@@ -53,20 +50,6 @@ def train_eval_gap(model, batch: torch.Tensor) -> float:
     in_train = model.train()(batch)[0]  # after: a training forward may move the running statistics
     model.eval()
     return float((in_train - in_eval).norm() / in_eval.norm())
-
-
-def step_seconds(model, batch_size: int) -> float:
-    model = model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    audio = 0.1 * torch.randn(batch_size, 4, 32000)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = (model(audio) - audio[:, 0]).square().mean()
-        loss.backward()
-        optimizer.step()
-
-    return median_seconds(step, torch.device("cpu"), repeats=5, warmup=1)
 
 
 def first_test_batch(data_hparams: dict) -> torch.Tensor:
@@ -98,6 +81,7 @@ def score_run(run: Path, items: int, clips: dict) -> dict | None:
     cache = run / "report.json"
     if cache.exists():
         row = json.loads(cache.read_text())
+        row.pop("ms_per_step", None)  # written by earlier versions, timed beside the sweep
         if row.get("checkpoint") == checkpoints[-1].name and row.get("items") == items:
             return row
     model, hparams = load_model(checkpoints[-1])
@@ -114,8 +98,7 @@ def score_run(run: Path, items: int, clips: dict) -> dict | None:
     row = {"run": run.name, "setting": match["setting"], "norm": hparams["norm"], "batch": int(match["batch"]),
            "seed": int(match["seed"]), "checkpoint": checkpoints[-1].name, "items": items,
            "steps": torch.load(checkpoints[-1], map_location="cpu", weights_only=False).get("global_step"),
-           "train_eval_gap": train_eval_gap(model, clips[key]),
-           "ms_per_step": 1e3 * step_seconds(model, int(match["batch"])), **metrics}
+           "train_eval_gap": train_eval_gap(model, clips[key]), **metrics}
     cache.write_text(json.dumps(row, indent=2))
     return row
 

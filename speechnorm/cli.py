@@ -80,7 +80,9 @@ def _export_triton(args: argparse.Namespace) -> int:
 
     source = Path(args.checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        if not (source.is_dir() and (source / STEP_FILE).is_file() and (source / BATCH_FILE).is_file()):
+        exported = source.is_dir() and (source / STEP_FILE).is_file()
+        if not exported or not ((source / BATCH_FILE).is_file() or not (source / "model.ckpt").is_file()):
+            # a checkpoint, or an exported folder from before the batched graph that still holds its checkpoint
             from .export import export_model
 
             export_model(source, tmp, max_mics=max(args.max_mics, args.mics))

@@ -151,6 +151,7 @@ class EnhancementServer:
             return ws
         stats = StreamStats(next(self._ids), request.remote or "?")
         session = self.sessions[stats.id] = Session(self, stats)
+        session.transport = request.transport
         self.served += 1
         serving = asyncio.create_task(self._serve(ws, request, session))
         watching = asyncio.create_task(self._watch(ws, request, session, serving))
@@ -295,7 +296,7 @@ class EnhancementServer:
 
     async def _send(self, ws: web.WebSocketResponse, session: Session, payload: bytes | dict) -> None:
         send = ws.send_bytes(payload) if isinstance(payload, bytes) else ws.send_str(json.dumps(payload))
-        transport = ws._req.transport if ws._req is not None else None
+        transport = session.transport
         if transport is not None and not transport.get_write_buffer_size():
             await send  # nothing queued in the kernel's way: the write cannot wait (the common case, no timer)
         else:

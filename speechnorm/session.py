@@ -74,6 +74,7 @@ class Session:
         self.last_active = time.monotonic()  # when the last message came in
         self.busy_since: float | None = None  # set while a message is being answered
         self.idle_out = False  # ended by the idle limit
+        self.transport = None  # the connection's socket (set by the server), to see whether a send can wait
 
     def start(self, message: dict) -> dict:
         if self.engine is not None:
@@ -128,32 +129,24 @@ class Session:
 
     def process(self, samples: np.ndarray) -> bytes:
         """One slice of checked audio through the engine -> encoded enhanced samples."""
-        out = self.engine.engine._drive(self.engine.steps(samples, checked=True))
+        out = self.engine.process(samples, checked=True)
         self.stats.samples_in += samples.shape[1]
         self.stats.samples_out += out.size
         return self.encode(out)
 
     async def process_batched(self, samples: np.ndarray) -> bytes:
         """A whole message of checked audio, its hops stepped in the server's batched rounds."""
-        out = await self._batched(self.engine.steps(samples, checked=True))
+        out = await self.server.batcher.drive(self.slot, self.engine.steps(samples, checked=True))
         self.stats.samples_in += samples.shape[1]
         self.stats.samples_out += out.size
         return self.encode(out)
-
-    async def _batched(self, work) -> np.ndarray:
-        hops = next(work)
-        try:
-            while True:
-                hops = work.send(await self.server.batcher.submit(self.slot, hops))
-        except StopIteration as done:
-            return done.value
 
     def stop(self) -> tuple[bytes, dict]:
         tail = self._stopping().flush()
         return self._stopped(tail)
 
     async def stop_batched(self) -> tuple[bytes, dict]:
-        tail = await self._batched(self._stopping().flush_steps())
+        tail = await self.server.batcher.drive(self.slot, self._stopping().flush_steps())
         return self._stopped(tail)
 
     def _stopping(self) -> AtRate:

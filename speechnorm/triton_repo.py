@@ -120,9 +120,9 @@ def write_repository(model_dir: str | Path, repo: str | Path, mics: int = 4, max
         raise ValueError(f"a Triton model name of letters, digits, '_' and '-' is needed, got {name!r}")
     text, files = config_text(model, name, mics, max_batch, queue_delay_us, idle_us)
     folder = Path(repo) / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / VERSION).mkdir(parents=True)
+    # rewrite what this writes (an earlier export's initial states included), leave anything else there
+    shutil.rmtree(folder / INITIAL_STATE_DIR, ignore_errors=True)
+    (folder / VERSION).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(batch_graph, folder / VERSION / "model.onnx")
     (folder / CONFIG).write_text(text)
     if files:

@@ -26,15 +26,14 @@ import numpy as np
 import onnx
 import torch
 
-from ..stream.backends import OnnxModel
-from ..stream.batch import StatePool
-
 from ..assets import REAL_SPEECH
+from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, STREAM_AXIS_NAME, StateTensor, next_name
 from ..models import SpectralEnhancer, count_parameters
 from ..models.checkpoint import load_model, resolve_checkpoint
+from ..stream.backends import OnnxModel
+from ..stream.batch import StatePool
 from .card import read_card, write_card
 from .offline_graph import build_offline
-from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, STREAM_AXIS_NAME, StateTensor, next_name
 from .step_graph import OPSET, export_batch_step, export_step, state_tensors
 
 TOLERANCE = 1e-4

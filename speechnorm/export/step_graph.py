@@ -27,11 +27,10 @@ import warnings
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, STREAM_AXIS_NAME, StateTensor, next_name
 from ..models import SpectralEnhancer
-from torch import Tensor, nn
-
 from ..models.base import FlatStep
 
 OPSET = 17

@@ -45,7 +45,6 @@ class StatePool:
         self.rows = [np.empty((0, *init.shape), np.float32) for init in self.initial]
         self._free: list[int] = []
         self._grow(capacity)
-        self.active = 0
 
     def _grow(self, capacity: int) -> None:
         old = self.rows[0].shape[0]
@@ -60,12 +59,10 @@ class StatePool:
             self._grow(2 * self.rows[0].shape[0])
         slot = heapq.heappop(self._free)
         self.reset(slot)
-        self.active += 1
         return slot
 
     def release(self, slot: int) -> None:
         heapq.heappush(self._free, slot)
-        self.active -= 1
 
     def reset(self, slot: int) -> None:
         for rows, init in zip(self.rows, self.initial):
@@ -166,6 +163,16 @@ class Batcher:
         self.queues[slot].append(_Request(slot, hops, future, now))
         self._wake.set()
         return await future
+
+    async def drive(self, slot: PoolSlot, work) -> np.ndarray:
+        """Run an engine's ``steps``/``flush_steps`` generator for ``slot``'s stream through the
+        rounds (the async counterpart of ``StreamingEnhancer._drive``); the samples it returns."""
+        hops = next(work)
+        try:
+            while True:
+                hops = work.send(await self.submit(slot, hops))
+        except StopIteration as done:
+            return done.value
 
     def stop(self) -> None:
         if self._task is not None:

@@ -156,8 +156,9 @@ class AtRate:
         self._out = StreamResampler(engine.sample_rate, self.rate, 1)
         self.samples_in = self.samples_out = 0
 
-    def process(self, chunk) -> np.ndarray:
-        return self.engine._drive(self.steps(chunk))
+    def process(self, chunk, checked: bool = False) -> np.ndarray:
+        """``checked``: ``chunk`` is what ``engine.check`` returned (a server checks a message once)."""
+        return self.engine._drive(self.steps(chunk, checked))
 
     def flush(self) -> np.ndarray:
         return self.engine._drive(self.flush_steps())

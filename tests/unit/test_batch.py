@@ -60,16 +60,6 @@ def test_a_stream_gets_the_same_samples_batched_as_alone_at_any_rate(model):
     np.testing.assert_allclose(batched, alone(model, audio, 44100), atol=TOLERANCE)
 
 
-async def drive(batcher, slot, work):
-    """Run an engine's ``steps``/``flush_steps`` through the batcher, as the server does."""
-    hops = next(work)
-    try:
-        while True:
-            hops = work.send(await batcher.submit(slot, hops))
-    except StopIteration as done:
-        return done.value
-
-
 def _slot(model, mics):
     from speechnorm.stream.batch import PoolSlot
 
@@ -94,9 +84,9 @@ def test_batcher_serves_concurrent_streams_exactly_and_a_long_message_delays_no_
             engine = StreamingEnhancer(model, x.shape[0], stream=slot)
             parts, start = [], 0
             for size in sizes[name]:
-                parts.append(await drive(batcher, slot, engine.steps(x[:, start : start + size])))
+                parts.append(await batcher.drive(slot, engine.steps(x[:, start : start + size])))
                 start += size
-            parts.append(await drive(batcher, slot, engine.flush_steps()))
+            parts.append(await batcher.drive(slot, engine.flush_steps()))
             batcher.close(slot)
             finished.append(name)
             return np.concatenate(parts)
@@ -128,8 +118,8 @@ def test_a_stream_that_leaves_mid_message_disturbs_no_one(model):
             if start == 10 * hop:  # the other stream's client drops while its message is half done
                 pending.cancel()
                 batcher.close(gone)
-            parts.append(await drive(batcher, slot, mine.steps(steady[:, start : start + hop])))
-        parts.append(await drive(batcher, slot, mine.flush_steps()))
+            parts.append(await batcher.drive(slot, mine.steps(steady[:, start : start + hop])))
+        parts.append(await batcher.drive(slot, mine.flush_steps()))
         reused = batcher.open(2)  # the departed stream's row, reset
         batcher.stop()
         return np.concatenate(parts), reused, gone
