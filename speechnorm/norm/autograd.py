@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import functional as fn
+from . import finite
 from .kernels import backend_for
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -59,8 +60,13 @@ class OnlineNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mu0, var0, control, layout, alpha_fwd, alpha_bkw, eps, layer_scaling):
         ops = backend_for(x)
+        param_dtypes = tuple(None if p is None else p.dtype for p in (weight, bias))
+        if ops.name == "triton":
+            return _triton_forward(ctx, x, weight, bias, mu0, var0, control, layout, alpha_fwd, alpha_bkw, eps,
+                                   layer_scaling, param_dtypes)
+        ctx.triton = False
         with torch.autocast(x.device.type, enabled=False):
-            compute = x.float() if ops.name == "torch" and x.dtype in _LOW_PRECISION else x.contiguous()
+            compute = x.float() if x.dtype in _LOW_PRECISION else x.contiguous()
             mean_x, var_x = ops.moments(compute)
             fn.require_finite(mean_x + var_x, "OnlineNorm")
             dtype = stat_dtype(compute)
@@ -70,7 +76,6 @@ class OnlineNormFunction(torch.autograd.Function):
             coefficients = fn.forward_coefficients(mean_x, var_x, tracking, params[0], params[1], eps, layer_scaling)
             out = ops.affine(compute, _to_native(coefficients.scale, layout), _to_native(coefficients.shift, layout))
         ctx.save_for_backward(compute, mean_x, var_x, *tracking, *coefficients[:5], coefficients.inv_s)
-        param_dtypes = tuple(None if p is None else p.dtype for p in (weight, bias))
         ctx.meta = (layout, alpha_bkw, control, params[0], param_dtypes, x.dtype)
         ctx.mark_non_differentiable(tracking.mu_end, tracking.var_end)
         return out.to(x.dtype), tracking.mu_end, tracking.var_end
@@ -78,6 +83,8 @@ class OnlineNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mu, _grad_var):
+        if ctx.triton:
+            return _triton_backward(ctx, grad_out)
         x, mean_x, var_x, *saved = ctx.saved_tensors
         tracking, coefficients = fn.Tracking(*saved[:4]), fn.Coefficients(*saved[4:])
         layout, alpha_bkw, control, weight, param_dtypes, input_dtype = ctx.meta
@@ -104,9 +111,59 @@ class OnlineNormFunction(torch.autograd.Function):
         return grad_x, *grads, None, None, None, None, None, None, None, None
 
 
+def _as_x4(t: Tensor, layout: str) -> Tensor:
+    """The Triton kernels' (P, C, L, D) view: the time layout is it; the batch layout (N, C, D) is
+    the strided view (1, C, N, D). No copy either way."""
+    return t if layout == "time" else t.permute(1, 0, 2).unsqueeze(0)
+
+
+def _from_x4(t: Tensor, layout: str) -> Tensor:
+    return t if layout == "time" else t[0].permute(1, 0, 2)
+
+
+def _triton_forward(ctx, x, weight, bias, mu0, var0, control, layout, alpha_fwd, alpha_bkw, eps, layer_scaling,
+                    param_dtypes):
+    """The Triton path (``kernels.triton_ops.forward``): x in any dtype the kernels take, any
+    strides; saves x and the per-sample moments."""
+    from .kernels import triton_ops
+
+    ctx.triton = True
+    with torch.autocast(x.device.type, enabled=False):
+        out, mu_end, var_end, mean_x, var_x = triton_ops.forward(
+            _as_x4(x, layout), weight, bias, mu0, var0, alpha_fwd, eps, layer_scaling)
+        finite.check(mu_end + var_end, "OnlineNorm")
+    ctx.save_for_backward(x, mean_x, var_x)
+    # the start statistics as they were (the module moves its buffers after this call)
+    ctx.meta = (layout, mu0.detach().clone(), var0.detach().clone(), weight, bias, control, alpha_fwd, alpha_bkw, eps,
+                layer_scaling, param_dtypes)
+    ctx.mark_non_differentiable(mu_end, var_end)
+    return _from_x4(out, layout), mu_end, var_end
+
+
+def _triton_backward(ctx, grad_out):
+    from .kernels import triton_ops
+
+    x, mean_x, var_x = ctx.saved_tensors
+    layout, mu0, var0, weight, bias, control, alpha_fwd, alpha_bkw, eps, layer_scaling, param_dtypes = ctx.meta
+    with torch.autocast(x.device.type, enabled=False):
+        if control is None:
+            u0 = v0 = mu0.new_zeros(())
+        else:
+            u0, v0 = control[0], control[1]
+        grad_x, grad_w, grad_b, u_end, v_end = triton_ops.backward(
+            _as_x4(x, layout), _as_x4(grad_out, layout), mean_x, var_x, weight, bias, mu0, var0, u0, v0, alpha_fwd,
+            alpha_bkw, eps, layer_scaling, x.dtype)
+    if control is not None:
+        control[0].copy_(u_end)
+        control[1].copy_(v_end)
+    grads = [None if d is None else g.to(d) for g, d in zip((grad_w, grad_b), param_dtypes)]
+    return _from_x4(grad_x, layout), *grads, None, None, None, None, None, None, None, None
+
+
 class OnlineNormD1Function(torch.autograd.Function):
-    """``OnlineNormFunction`` for one-component samples on the CPU: x (P, C, L), any strides, P
-    streams over L samples (``kernels.cpu_d1``: one compiled loop each way).
+    """``OnlineNormFunction`` for one-component samples: x (P, C, L), any strides, P streams over L
+    samples, as one kernel each way — ``kernels.cpu_d1`` (numba) on the CPU, ``kernels.triton_ops``
+    (``forward_d1``/``backward_d1``) on the Triton path. ``kernels`` is the module to use.
 
     The same inputs and outputs as ``OnlineNormFunction`` without the layout (x is already
     canonical with D dropped), but it saves only x: the backward recomputes the forward's
@@ -115,37 +172,39 @@ class OnlineNormD1Function(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mu0, var0, control, alpha_fwd, alpha_bkw, eps, layer_scaling):
-        from .kernels import cpu_d1
-
-        compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        out, mu_end, var_end = cpu_d1.forward_d1(compute, weight, bias, mu0, var0, alpha_fwd, eps, layer_scaling)
+    def forward(ctx, x, weight, bias, mu0, var0, control, alpha_fwd, alpha_bkw, eps, layer_scaling, kernels):
+        triton = kernels.__name__.endswith("triton_ops")
+        # the numba loops run in fp32/fp64; the Triton kernels read bf16/fp16 as they are
+        compute = x if triton or x.dtype in (torch.float32, torch.float64) else x.float()
+        with torch.autocast(x.device.type, enabled=False):
+            out, mu_end, var_end = kernels.forward_d1(compute, weight, bias, mu0, var0, alpha_fwd, eps, layer_scaling)
+            if triton:  # NaN/inf in x reach μ and σ² (the numba loop raises itself)
+                finite.check(mu_end + var_end, "OnlineNorm")
         ctx.save_for_backward(compute)
         # the start statistics as they were (the module moves its buffers after this call)
         ctx.meta = (mu0.detach().clone(), var0.detach().clone(), weight, bias, control, alpha_fwd, alpha_bkw, eps,
-                    layer_scaling, x.dtype)
+                    layer_scaling, x.dtype, kernels)
         ctx.mark_non_differentiable(mu_end, var_end)
         return out.to(x.dtype), mu_end, var_end
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mu, _grad_var):
-        from .kernels import cpu_d1
-
         (x,) = ctx.saved_tensors
-        mu0, var0, weight, bias, control, alpha_fwd, alpha_bkw, eps, layer_scaling, input_dtype = ctx.meta
+        mu0, var0, weight, bias, control, alpha_fwd, alpha_bkw, eps, layer_scaling, input_dtype, kernels = ctx.meta
         if control is None:
             u0 = v0 = mu0.new_zeros(())
         else:
             u0, v0 = control[0], control[1]
-        grad_x, sum_ghy, sum_gh, u_end, v_end = cpu_d1.backward_d1(
-            x, grad_out, weight, bias, mu0, var0, u0, v0, alpha_fwd, alpha_bkw, eps, layer_scaling)
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x, sum_ghy, sum_gh, u_end, v_end = kernels.backward_d1(
+                x, grad_out, weight, bias, mu0, var0, u0, v0, alpha_fwd, alpha_bkw, eps, layer_scaling)
         if control is not None:
             control[0].copy_(u_end)
             control[1].copy_(v_end)
         grad_weight = None if weight is None else sum_ghy.sum(dim=0).to(weight.dtype)
         grad_bias = None if bias is None else sum_gh.sum(dim=0).to(bias.dtype)
-        return grad_x.to(input_dtype), grad_weight, grad_bias, None, None, None, None, None, None, None
+        return grad_x.to(input_dtype), grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
 
 class LayerScaling(torch.autograd.Function):

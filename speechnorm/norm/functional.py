@@ -33,16 +33,13 @@ from .scan import linear_scan, shift_in
 def require_finite(stats: Tensor, where: str) -> None:
     """Refuse non-finite input: one NaN would poison a running statistic for all later samples.
 
-    Skipped while tracing for export (a traced check would be a constant): the exported graph's
-    caller, ``speechnorm.stream``, checks every hop before it enters the graph instead.
+    ``speechnorm.norm.finite.check``: at once on the CPU, without a host sync on CUDA (deferred to
+    the next ``finite.raise_if_nonfinite``); skipped while tracing for export (the exported graph's
+    caller, ``speechnorm.stream``, checks every hop before it enters the graph instead).
     """
-    if torch.jit.is_tracing():
-        return
-    if not bool(torch.isfinite(stats).all()):
-        raise ValueError(
-            f"{where}: input contains NaN or inf (or values whose square overflows); a streaming "
-            "normalizer would carry it into every later sample — clean or clip the input first"
-        )
+    from .finite import check
+
+    check(stats, where)
 
 
 #: One-pass moments lose about eps * (mean/std)² of relative precision; rows where that could

@@ -9,7 +9,7 @@ from ..state import State, StateSpec
 from . import functional as fn
 from .autograd import ActivationClamp, LayerScaling, OnlineNormD1Function, OnlineNormFunction
 from .base import SequenceNorm, channel_view
-from .kernels import fused_d1
+from .kernels import d1_kernels
 from .registry import register_norm
 
 ECMS = ("ls", "ac", None)
@@ -105,9 +105,10 @@ class OnlineNorm(SequenceNorm):
     def _forward_batch_axis(self, x: Tensor) -> Tensor:
         self._check(x, ranks=tuple(range(2, 9)), layout="(N, C, ...)")
         samples = x.reshape(x.shape[0], self.num_features, -1)  # (N, C, D)
-        if self.training and samples.shape[-1] == 1 and fused_d1(samples):  # one stream (1, C, N)
+        kernels = d1_kernels(samples) if self.training and samples.shape[-1] == 1 else None
+        if kernels is not None:  # one stream (1, C, N)
             out, mu, var = self._normalize_d1(samples[..., 0].t().unsqueeze(0), self.running_mean.unsqueeze(0),
-                                              self.running_var.unsqueeze(0), self.control.unsqueeze(1))
+                                              self.running_var.unsqueeze(0), self.control.unsqueeze(1), kernels)
             out = out[0].t()
             with torch.no_grad():
                 self.running_mean.copy_(mu[0])
@@ -128,8 +129,9 @@ class OnlineNorm(SequenceNorm):
         self.check_sequence(x)
         batch = x.shape[0]
         mu0, var0 = self.running_mean.expand(batch, -1), self.running_var.expand(batch, -1)
-        if x.dim() == 3 and fused_d1(x):
-            out, mu, var = self._normalize_d1(x, mu0, var0, None)
+        kernels = d1_kernels(x) if x.dim() == 3 else None
+        if kernels is not None:
+            out, mu, var = self._normalize_d1(x, mu0, var0, None, kernels)
             if self.training:
                 self._update_running_stats(mu, var)
             return out
@@ -149,10 +151,12 @@ class OnlineNorm(SequenceNorm):
             out = ActivationClamp.apply(out, CLAMP_LIMIT)
         return out, mu, var
 
-    def _normalize_d1(self, x: Tensor, mu0: Tensor, var0: Tensor, control: Tensor | None):
-        """``_normalize`` for one-component samples x (P, C, L) on the CPU: the compiled loop."""
+    def _normalize_d1(self, x: Tensor, mu0: Tensor, var0: Tensor, control: Tensor | None, kernels):
+        """``_normalize`` for one-component samples x (P, C, L): one kernel each way (``kernels``:
+        the compiled CPU loop or the Triton kernels)."""
         out, mu, var = OnlineNormD1Function.apply(
-            x, self.weight, self.bias, mu0, var0, control, self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm == "ls")
+            x, self.weight, self.bias, mu0, var0, control, self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm == "ls",
+            kernels)
         if self.ecm == "ac":
             out = ActivationClamp.apply(out, CLAMP_LIMIT)
         return out, mu, var

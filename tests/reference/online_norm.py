@@ -87,3 +87,55 @@ def randomize(layer):
             layer.weight.uniform_(0.5, 1.5)
             layer.bias.normal_(0.0, 0.5)
     return layer
+
+
+def expected_call(layer, x, grad_out, mu0, var0, control0=None):
+    """What one training call ``layer(x).backward(grad_out)`` of an OnlineNorm must give, from the
+    per-sample loops in float64: out, grad_x (x's shape), grad_weight, grad_bias, and the buffers
+    after the call (running_mean, running_var; control on the batch axis). ``mu0``, ``var0``
+    (and ``control0``, (2, C)) are the buffers before the call."""
+    import torch
+
+    x, grad_out = x.detach().double().cpu(), grad_out.detach().double().cpu()
+    channels = x.shape[1]
+    kw = dict(weight=None if layer.weight is None else layer.weight.detach().cpu(),
+              bias=None if layer.bias is None else layer.bias.detach().cpu(), ecm=layer.ecm,
+              alpha_fwd=layer.alpha_fwd, alpha_bkw=layer.alpha_bkw, eps=layer.eps)
+    mu0, var0 = mu0.detach().double().cpu(), var0.detach().double().cpu()
+    if layer.stream_axis == "batch":
+        u0, v0 = (torch.zeros(channels), torch.zeros(channels)) if control0 is None else control0.double().cpu()
+        samples, grads = x.reshape(x.shape[0], channels, -1), grad_out.reshape(x.shape[0], channels, -1)
+        got = layer_fn(samples, grads, mu=mu0, var=var0, u=u0, v=v0, **kw)
+        return {"out": got["out"].reshape(x.shape), "grad_x": got["grad_x"].reshape(x.shape),
+                "grad_weight": got["grad_weight"], "grad_bias": got["grad_bias"], "running_mean": got["mu"],
+                "running_var": got["var"], "control": torch.stack([got["u"], got["v"]])}
+    frames = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
+    grads = grad_out if x.dim() == 4 else grad_out.unsqueeze(-1)
+    zeros = torch.zeros(channels, dtype=torch.float64)
+    runs = [layer_fn(frames[b].transpose(0, 1), grads[b].transpose(0, 1), mu=mu0, var=var0, u=zeros, v=zeros, **kw)
+            for b in range(x.shape[0])]
+    out = torch.stack([r["out"].transpose(0, 1) for r in runs]).reshape(x.shape)
+    grad_x = torch.stack([r["grad_x"].transpose(0, 1) for r in runs]).reshape(x.shape)
+    mus, vars_ = torch.stack([r["mu"] for r in runs]), torch.stack([r["var"] for r in runs])
+    return {"out": out, "grad_x": grad_x,
+            "grad_weight": None if kw["weight"] is None else sum(r["grad_weight"] for r in runs),
+            "grad_bias": None if kw["bias"] is None else sum(r["grad_bias"] for r in runs),
+            "running_mean": mus.mean(0), "running_var": vars_.mean(0) + mus.var(0, correction=0)}
+
+
+layer_fn = layer  # the whole-layer loop under a name that ``expected_call``'s arguments do not shadow
+
+
+def assert_call_matches(layer, x, out, expected, **tol):
+    """Compare a finished call (its output ``out``, x.grad set, the layer's grads and buffers moved)
+    with ``expected_call``."""
+    import torch
+
+    checks = [("out", out), ("grad_x", x.grad), ("running_mean", layer.running_mean),
+              ("running_var", layer.running_var)]
+    if layer.weight is not None:
+        checks += [("grad_weight", layer.weight.grad), ("grad_bias", layer.bias.grad)]
+    if "control" in expected:
+        checks.append(("control", layer.control))
+    for name, got in checks:
+        torch.testing.assert_close(got.detach().double().cpu(), expected[name], msg=lambda m, n=name: f"{n}: {m}", **tol)

@@ -1,15 +1,17 @@
 """Backends for Online Norm's big-tensor passes: the vectorised torch path and Triton kernels.
 
-CUDA tensors use the Triton kernels, CPU tensors the torch path, except one-component samples
-(D = 1: recurrent and fully connected features) on the CPU, which run as one compiled loop each
-way (``cpu_d1``, numba; ``fused_d1``). ``use_backend`` overrides the choice, for tests and
+CUDA tensors use the Triton kernels (``triton_ops``: the whole layer in a few fused passes), CPU
+tensors the torch path, except one-component samples (D = 1: recurrent and fully connected
+features) on the CPU, which run as one compiled loop each way (``cpu_d1``, numba; ``d1_kernels``). ``use_backend`` overrides the choice, for tests and
 comparisons (``"torch"`` also turns the compiled D = 1 loop off):
 
     with use_backend("triton"):   # also on CPU tensors, with TRITON_INTERPRET=1
         ...
 
-Both backends provide the same five operations (see ``triton_ops``); the math on the small
-per-sample statistics (``speechnorm.norm.functional``) is shared.
+The torch backend provides five operations on the big tensors (moments, affine, grad_moments,
+grad_affine) and the scan of the small statistics, with the math on the statistics in
+``speechnorm.norm.functional``; the Triton backend runs the whole layer each way
+(``triton_ops.forward``/``backward``), the statistics' math fused into its kernels.
 """
 
 from __future__ import annotations
@@ -54,14 +56,8 @@ def triton_available() -> bool:
 def _triton_backend() -> SimpleNamespace:
     from . import triton_ops
 
-    return SimpleNamespace(
-        name="triton",
-        moments=triton_ops.moments,
-        affine=triton_ops.affine,
-        grad_moments=triton_ops.grad_moments,
-        grad_affine=triton_ops.grad_affine,
-        scan=triton_ops.scan,
-    )
+    return SimpleNamespace(name="triton", forward=triton_ops.forward, backward=triton_ops.backward,
+                           forward_d1=triton_ops.forward_d1, backward_d1=triton_ops.backward_d1)
 
 
 def backend_for(x: Tensor) -> SimpleNamespace:
@@ -79,15 +75,23 @@ def backend_for(x: Tensor) -> SimpleNamespace:
     return _triton_backend()
 
 
-def fused_d1(x: Tensor) -> bool:
-    """Run Online Norm on ``x`` — one-component samples, canonical (P, C, L) — as the compiled
-    CPU loop (``cpu_d1``)? Yes on the CPU under the automatic choice, when numba is installed and
-    no tracer (ONNX export) is recording the graph."""
-    if _choice != "auto" or x.is_cuda or x.device.type != "cpu" or torch.jit.is_tracing():
-        return False
+def d1_kernels(x: Tensor):
+    """The module that runs Online Norm on ``x`` — one-component samples, canonical (P, C, L) — as
+    one kernel each way, or None for the general path: the Triton kernels wherever the Triton
+    backend handles x (``triton_ops.forward_d1``), the compiled CPU loop (``cpu_d1``) on the CPU
+    under the automatic choice when numba is installed; None while a tracer (ONNX export) records
+    the graph."""
+    if torch.jit.is_tracing():
+        return None
+    if backend_for(x).name == "triton":
+        from . import triton_ops
+
+        return triton_ops
+    if _choice != "auto" or x.device.type != "cpu":
+        return None
     from . import cpu_d1
 
-    return cpu_d1.available()
+    return cpu_d1 if cpu_d1.available() else None
 
 
 @contextlib.contextmanager

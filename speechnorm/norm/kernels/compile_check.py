@@ -2,16 +2,21 @@
 
     python -m speechnorm.norm.kernels.compile_check          # every kernel x dtype x D x target, a table
     python -m speechnorm.norm.kernels.compile_check --json   # the same, one JSON report per line
+    python -m speechnorm.norm.kernels.compile_check --stages 1 --only track:fp32:sm_90:256:aligned
+                                                             # an unpipelined loop, to see it reported
 
 Run it without ``TRITON_INTERPRET=1``: the interpreter swaps ``triton.language``'s functions for
 its own, and compiling for a GPU then fails (the tests, which set it, run this in a subprocess).
 
 Triton compiles ahead of time for a named target (``GPUTarget("cuda", 90, 32)``: H100/H200;
-80: A100) with the ptxas that ships in its wheel; no driver is needed. For each kernel
-configuration the models use (the tile sizes ``triton_ops._blocks`` picks for D = 1, 21, 257,
-1500) this reports ptxas's registers, stack frame and spill bytes, and counts the global loads in
-the PTX that are vectorized (``ld.global.v2/.v4``). The launcher specializes 16-byte-aligned
-pointers and widths divisible by 16, so the check does too (``tt.divisibility``).
+80: A100) with the ptxas that ships in its wheel; no driver is needed. Each kernel is compiled
+as its launcher would specialize it at the sizes the models use: pointers 16-byte aligned (torch
+allocations are), unit strides as constants, and — in the ``aligned`` variant — the other integer
+arguments divisible by 16 (feature counts and strides that are multiples of 16; the launcher marks
+such values itself). The report gives ptxas's registers, stack frame and spill bytes, the global
+loads in the PTX (plain loads and asynchronous copies) and how many move 8 or 16 bytes at once
+(``ld.global.v2/.v4``, ``cp.async`` of 8/16 bytes), and whether the kernel's loop is
+software-pipelined (asynchronous copies, ``cp.async``, in the PTX).
 """
 
 from __future__ import annotations
@@ -29,9 +34,24 @@ from triton.compiler import ASTSource
 from . import triton_ops as ops
 
 TARGETS = {"sm_80": 80, "sm_90": 90}
-WIDTHS = (1, 21, 257, 1500)  # D: one-component features, a small and a large spectrum, a long row
-ROWS = 1 << 16
-TYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
+ROW_WIDTHS = (21, 81, 161, 256, 257, 1500)  # D: the models' spectra (odd bin counts), an aligned one, a long row
+LANES = (64, 256, 1024)  # C: features one stream kernel holds
+TYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
+#: kernel -> (big-tensor pointers, the unit-stride argument(s) of its innermost axis, loops?)
+KERNELS = {
+    "moments": (ops._moments_kernel, ("x_ptr",), ("sxd",), True),
+    "grad_moments": (ops._grad_moments_kernel, ("g_ptr", "x_ptr"), ("sgd", "sxd"), True),
+    "affine_rows": (ops._affine_rows_kernel, ("x_ptr", "out_ptr"), ("sxd", "sod"), True),
+    "affine_flat": (ops._affine_flat_kernel, ("x_ptr", "out_ptr"), (), False),
+    "grad_affine_rows": (ops._grad_affine_rows_kernel, ("g_ptr", "x_ptr", "out_ptr"), ("sgd", "sxd", "sod"), True),
+    "grad_affine_flat": (ops._grad_affine_flat_kernel, ("g_ptr", "x_ptr", "out_ptr"), (), False),
+    "track": (ops._track_kernel, (), ("sl",), True),
+    "control": (ops._control_kernel, (), ("sl",), True),
+    "d1_forward": (ops._d1_forward_kernel, ("x_ptr", "out_ptr"), ("sxc", "soc"), True),
+    "d1_backward": (ops._d1_backward_kernel, ("x_ptr", "g_ptr", "gx_ptr"), ("sxc", "sgc", "soc"), True),
+}
+ROW_KERNELS = ("moments", "grad_moments", "affine_rows", "affine_flat", "grad_affine_rows", "grad_affine_flat")
+FLOATS = ("alpha", "eps", "alpha_fwd", "alpha_bkw")
 
 
 @dataclass(frozen=True)
@@ -39,58 +59,17 @@ class Report:
     kernel: str
     dtype: str
     target: str
-    width: int
-    block: tuple[int, int]
+    size: int  # D for the row kernels, C for the per-stream kernels
+    aligned: bool
+    block: tuple[int, ...]
+    warps: int
     registers: int
     stack_bytes: int
     spill_bytes: int
     loads: int
     vector_loads: int
-
-
-def _signature(kernel: str, dtype: str) -> tuple[object, dict, list[int]]:
-    """The kernel function, its signature and which arguments are pointers."""
-    data, f32 = TYPES[dtype], "*fp32"
-    if kernel == "moments":
-        return ops._moments_kernel, {"x_ptr": data, "mean_ptr": f32, "var_ptr": f32, "rows": "i32", "width": "i32"}, [0, 1, 2]
-    if kernel == "affine":
-        return ops._affine_kernel, {"x_ptr": data, "scale_ptr": f32, "shift_ptr": f32, "out_ptr": data, "rows": "i32",
-                                    "width": "i32"}, [0, 1, 2, 3]
-    if kernel == "grad_moments":
-        return ops._grad_moments_kernel, {"g_ptr": data, "x_ptr": data, "sum_g_ptr": f32, "sum_gx_ptr": f32, "rows": "i32",
-                                          "width": "i32"}, [0, 1, 2, 3]
-    if kernel == "grad_affine":
-        return ops._grad_affine_kernel, {"g_ptr": data, "x_ptr": data, "cg_ptr": f32, "cx_ptr": f32, "c0_ptr": f32,
-                                         "out_ptr": data, "rows": "i32", "width": "i32"}, [0, 1, 2, 3, 4, 5]
-    raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
-
-
-KERNELS = ("moments", "affine", "grad_moments", "grad_affine", "scan")
-
-
-def compile_kernel(kernel: str, dtype: str, target: str, width: int) -> Report:
-    """Compile one configuration for ``target`` and read ptxas's resource usage."""
-    if kernel == "scan":
-        block = (min(triton.next_power_of_2(ROWS), 256), 1)
-        signature = {"a_ptr": TYPES[dtype], "b_ptr": TYPES[dtype], "h0_ptr": TYPES[dtype], "h_ptr": TYPES[dtype],
-                     "lanes": "i32", "length": "i32", "CONSTANT": "constexpr", "BLOCK": "constexpr"}
-        fn, constexprs, pointers = ops._scan_kernel, {"CONSTANT": True, "BLOCK": block[0]}, [0, 1, 2, 3]
-        aligned = [*pointers, 4]
-    else:
-        fn, signature, pointers = _signature(kernel, dtype)
-        block = ops._blocks(ROWS, width)
-        signature = {**signature, "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}
-        constexprs = {"BLOCK_R": block[0], "BLOCK_D": block[1]}
-        width_index = list(signature).index("width")
-        aligned = pointers + ([width_index] if width % 16 == 0 else [])
-    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    source = ASTSource(fn=_jit(fn), signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", TARGETS[target], 32))
-    ptx = compiled.asm["ptx"]
-    usage = ptxas_usage(ptx)
-    loads = re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx)
-    return Report(kernel, dtype, target, width, block, usage["registers"], usage["stack"], usage["spill"], len(loads),
-                  sum(1 for op in loads if ".v2" in op or ".v4" in op))
+    pipelined: bool
+    has_loop: bool
 
 
 def _jit(kernel):
@@ -98,6 +77,50 @@ def _jit(kernel):
     from triton.runtime.jit import JITFunction
 
     return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+
+
+def _launch_config(kernel: str, size: int, layer_scaling: bool) -> tuple[dict, tuple[int, ...], int]:
+    """The constexprs, the tile and the warps the wrappers in ``triton_ops`` pick for ``size``."""
+    if kernel in ("affine_flat", "grad_affine_flat"):
+        return {"BLOCK": ops.TILE}, (ops.TILE,), 4
+    if kernel in ROW_KERNELS:
+        block_r, block_d = ops.row_blocks(size)
+        return {"BLOCK_R": block_r, "BLOCK_D": block_d, "STAGES": ops.STAGES}, (block_r, block_d), 4
+    block_c, _, warps = ops.lane_blocks(size, layer_scaling)
+    return ({"BLOCK_C": block_c, "STAGES": ops.STAGES, "AFFINE": True, "LS": layer_scaling}, (block_c,), warps)
+
+
+def compile_kernel(kernel: str, dtype: str, target: str, size: int, aligned: bool = True,
+                   layer_scaling: bool = True) -> Report:
+    """Compile one configuration for ``target`` and read ptxas's resource usage."""
+    fn, big, unit, has_loop = KERNELS[kernel]
+    fn = _jit(fn)
+    constexprs, block, warps = _launch_config(kernel, size, layer_scaling)
+    signature, attrs = {}, {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in unit:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        elif name.endswith("_ptr"):
+            signature[name] = TYPES[dtype] if name in big else "*fp32"
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in FLOATS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if aligned or name == "total":  # a flat kernel's element count: a multiple of 16 at the models' sizes
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", TARGETS[target], 32), options={"num_warps": warps})
+    ptx = compiled.asm["ptx"]
+    usage = ptxas_usage(ptx)
+    loads = re.findall(r"ld\.global(?:\.[a-z0-9]+)*", ptx)
+    copies = [int(size, 0) for size in re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*?,\s*(0x[0-9a-fA-F]+|\d+)\s*[,;]", ptx)]
+    vector = sum(1 for op in loads if ".v2" in op or ".v4" in op) + sum(1 for size in copies if size >= 8)
+    return Report(kernel, dtype, target, size, aligned or kernel.endswith("_flat"), block, warps, usage["registers"],
+                  usage["stack"], usage["spill"], len(loads) + len(copies), vector, bool(copies), has_loop)
 
 
 def ptxas_usage(ptx: str) -> dict[str, int]:
@@ -116,37 +139,67 @@ def ptxas_usage(ptx: str) -> dict[str, int]:
             "spill": int(frame.group(2)) + int(frame.group(3))}
 
 
+def configurations() -> list[tuple[str, str, str, int, bool]]:
+    """Every (kernel, dtype, target, size, aligned) the models use: the row kernels at each D in
+    the three data types (aligned when D is a multiple of 16), the per-stream kernels at each C
+    (statistics are fp32; the D = 1 kernels read the data type), aligned and not."""
+    out = []
+    for target in TARGETS:
+        for kernel in KERNELS:
+            if kernel in ROW_KERNELS:
+                for dtype in TYPES:
+                    for width in ROW_WIDTHS:
+                        out.append((kernel, dtype, target, width, width % 16 == 0))
+            else:
+                dtypes = TYPES if kernel.startswith("d1_") else ("fp32",)
+                for dtype in dtypes:
+                    for lanes in LANES:
+                        for aligned in (True, False):
+                            out.append((kernel, dtype, target, lanes, aligned))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
     parser = argparse.ArgumentParser(description="Compile the Triton kernels for sm_80/sm_90 and report ptxas's usage.")
     parser.add_argument("--json", action="store_true", help="one JSON report per line instead of a table")
-    parser.add_argument("--only", default=None, help="one configuration, KERNEL:DTYPE:TARGET:D (e.g. affine:fp32:sm_90:1)")
+    parser.add_argument("--only", default=None,
+                        help="one configuration, KERNEL:DTYPE:TARGET:SIZE[:aligned|unaligned] (e.g. track:fp32:sm_90:256)")
+    parser.add_argument("--kernels", nargs="*", default=None, help="only these kernels")
+    parser.add_argument("--targets", nargs="*", default=None, help="only these targets")
     parser.add_argument("--tile", type=int, default=None, help="override triton_ops.TILE (to see a spill)")
+    parser.add_argument("--stages", type=int, default=None, help="override triton_ops.STAGES (1: no pipelining)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("compile_check: TRITON_INTERPRET=1 swaps triton.language for the interpreter's; "
                          "run it without (the tests call it in a subprocess)")
     if args.tile is not None:
         ops.TILE = args.tile
+    if args.stages is not None:
+        ops.STAGES = args.stages
     if args.only:
-        kernel, dtype, target, width = args.only.split(":")
-        configurations = [(kernel, dtype, target, int(width))]
+        parts = args.only.split(":")
+        kernel, dtype, target, size = parts[:4]
+        aligned = len(parts) < 5 or parts[4] == "aligned"
+        chosen = [(kernel, dtype, target, int(size), aligned)]
     else:
-        configurations = [(kernel, dtype, target, width) for kernel in KERNELS for target in TARGETS
-                          for dtype in (("fp32", "fp64") if kernel == "scan" else ("fp32", "bf16", "fp16"))
-                          for width in ((1,) if kernel == "scan" else WIDTHS)]
+        chosen = [c for c in configurations() if (args.kernels is None or c[0] in args.kernels)
+                  and (args.targets is None or c[2] in args.targets)]
     if not args.json:
-        print("| kernel | dtype | target | D | tile (rows, D) | registers | stack B | spill B | global loads | vectorized |")
-        print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
-    for configuration in configurations:
+        print("| kernel | dtype | target | D or C | aligned | tile | warps | registers | stack B | spill B | global loads "
+              "| vectorized | pipelined |")
+        print("|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for configuration in chosen:
         r = asdict(compile_kernel(*configuration))
         if args.json:
             print(json.dumps(r), flush=True)
         else:
-            print(f"| {r['kernel']} | {r['dtype']} | {r['target']} | {r['width']} | {r['block']} | {r['registers']} "
-                  f"| {r['stack_bytes']} | {r['spill_bytes']} | {r['loads']} | {r['vector_loads']} |", flush=True)
+            pipelined = ("yes" if r["pipelined"] else "no") if r["has_loop"] else "(no loop)"
+            print(f"| {r['kernel']} | {r['dtype']} | {r['target']} | {r['size']} | {'yes' if r['aligned'] else 'no'} "
+                  f"| {r['block']} | {r['warps']} | {r['registers']} | {r['stack_bytes']} | {r['spill_bytes']} "
+                  f"| {r['loads']} | {r['vector_loads']} | {pipelined} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,202 +1,608 @@
-"""Triton kernels for Online Norm's big-tensor passes, on rows of D contiguous components.
+"""Triton kernels for Online Norm: the whole layer in a few passes, with no host sync.
 
-The fused algorithm (``speechnorm.norm.functional``) touches the big tensors only through:
-- ``moments``: per row, mean and variance (two-pass in fp32: exact, no cancellation);
-- ``affine``: out = x * scale[row] + shift[row], written in the input's dtype;
-- ``grad_moments``: per row, Σ g and Σ g·x in one pass over g and x;
-- ``grad_affine``: grad_x = g * cg[row] + x * cx[row] + c0[row];
-- ``scan``: h_t = a_t h_{t-1} + b_t for many short sequences (one lane per sequence).
-Each runs as one kernel over 2-D tiles (rows × components), reading bf16/fp16/fp32 inputs and
-accumulating in fp32. ``TRITON_INTERPRET=1`` runs the very same kernels on the CPU, which is how
-the tests check them without a GPU.
+Layout. Every input is seen as ``x4`` (P, C, L, D) with *any* strides: P streams, C features, L
+samples along each stream, D components per sample (the time axis's (B, C, T, F) is that; the
+batch axis's (N, C, D) is the strided view (1, C, N, D)). Nothing is copied to make it
+contiguous. The per-sample statistics are (P, C, L) float32 tensors laid out in the same memory
+order as x's rows, so that a dense x and its statistics are read with one flat index.
+
+Samples with several components (D > 1), forward:
+1. ``_moments_kernel``: per row, mean and variance, one read of x (shifted by the row's first
+   component, chunks of the row combined by Chan's formula: no cancellation, without reading x
+   twice);
+2. ``_track_kernel``: per stream, all features as lanes, the tracking process of μ and σ² over L
+   in one loop, which also writes each row's affine map (centre μ_{t-1}, scale, shift) with layer
+   scaling's per-sample reduction over features done in registers;
+3. ``_affine_*``: out = (x − centre)·scale + shift, one read of x and one write (a flat 1-D
+   kernel when x is dense, a strided 2-D one otherwise).
+Backward: ``_grad_moments_kernel`` (Σ g and the centred Σ g·(x − mean), one read of g and x),
+``_control_kernel`` (the tracking again, the exact layer-scaling and affine gradients and the
+paper's control process u, v, in one loop; it also sums γ's and β's gradients), then
+``_grad_affine_*`` (∂L/∂x = g·cg + (x − centre)·cx + c0). Saved for backward: x and the two
+per-sample moments; nothing else.
+
+One-component samples (D = 1: recurrent and fully connected features, (P, C, L)) have no
+reduction to do, so each direction is a single kernel (``_d1_forward_kernel``,
+``_d1_backward_kernel``): one read of x and one write of the output forward; one read of x and g
+and one write of ∂L/∂x backward, recomputing μ and σ² on the fly. Saved: x.
+
+Every loop over time or over a row's chunks is a ``tl.range`` with ``num_stages``, which Triton
+software-pipelines (asynchronous copies) when the addresses are aligned; decays and eps are kernel
+scalars; statistics and sums are float32, accumulated centred. ``TRITON_INTERPRET=1`` runs the
+same kernels on the CPU, which is how the tests check them without a GPU.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-MAX_BLOCK_D = 1024
-TILE = 1024  # elements per program's tile
+STAGES = 3  # software pipelining depth of every loop
+TILE = 1024  # elements per program in the row and elementwise kernels
+MAX_LANES = 4096  # features one stream's statistics kernel holds (layer scaling needs them all)
 
 
-def _blocks(rows: int, width: int) -> tuple[int, int]:
-    block_d = min(triton.next_power_of_2(max(width, 1)), MAX_BLOCK_D)
-    block_r = max(1, min(TILE // block_d, triton.next_power_of_2(rows)))
-    return block_r, block_d
+def _interpreter_compat() -> None:
+    """The interpreter converts a scalar kernel argument used as a range bound with ``int()`` on a
+    one-element array, which numpy ≥ 2.4 refuses; read the element instead (interpreter only)."""
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_speechnorm_compat", False):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._speechnorm_compat = True
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_compat()
+
+
+# --------------------------------------------------------------------------- kernels
+@triton.jit
+def _row_offsets(row, n1, n2, s0, s1, s2):
+    """Row index (in memory order over three row axes of sizes (·, n1, n2)) -> element offset."""
+    i2 = row % n2
+    rest = row // n2
+    return (rest // n1).to(tl.int64) * s0 + (rest % n1).to(tl.int64) * s1 + i2.to(tl.int64) * s2
 
 
 @triton.jit
-def _moments_kernel(x_ptr, mean_ptr, var_ptr, rows, width, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _moments_kernel(x_ptr, mean_ptr, var_ptr, rows, width, n1, n2, sx0, sx1, sx2, sxd, ss0, ss1, ss2,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = row < rows
-    base = row.to(tl.int64)[:, None] * width
-    total = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    start = 0
-    while start < width:  # a while loop: the interpreter cannot range() over runtime args
+    base = _row_offsets(row, n1, n2, sx0, sx1, sx2)
+    # sums of x − (the row's first component): small numbers, so a large offset costs no digits
+    pivot = tl.load(x_ptr + base, mask=row_ok, other=0.0).to(tl.float32)
+    count = tl.zeros([BLOCK_R], tl.float32)
+    mean = tl.zeros([BLOCK_R], tl.float32)
+    m2 = tl.zeros([BLOCK_R], tl.float32)
+    for start in tl.range(0, width, BLOCK_D, num_stages=STAGES):
         col = start + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (col < width)[None, :]
-        total += tl.load(x_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        start += BLOCK_D
-    mean = tl.sum(total, axis=1) / width
-    spread = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    start = 0
-    while start < width:  # a while loop: the interpreter cannot range() over runtime args
-        col = start + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (col < width)[None, :]
-        x = tl.load(x_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        centred = tl.where(ok, x - mean[:, None], 0.0)
-        spread += centred * centred
-        start += BLOCK_D
-    tl.store(mean_ptr + row, mean, mask=row_ok)
-    tl.store(var_ptr + row, tl.sum(spread, axis=1) / width, mask=row_ok)
+        x = tl.load(x_ptr + base[:, None] + col[None, :].to(tl.int64) * sxd, mask=ok, other=0.0).to(tl.float32)
+        x = tl.where(ok, x - pivot[:, None], 0.0)
+        n_b = tl.minimum(width - start, BLOCK_D).to(tl.float32)
+        mean_b = tl.sum(x, axis=1) / n_b
+        centred = tl.where(ok, x - mean_b[:, None], 0.0)
+        total = count + n_b
+        delta = mean_b - mean
+        mean += delta * (n_b / total)
+        m2 += tl.sum(centred * centred, axis=1) + delta * delta * (count * (n_b / total))
+        count = total
+    stat = _row_offsets(row, n1, n2, ss0, ss1, ss2)
+    tl.store(mean_ptr + stat, pivot + mean, mask=row_ok)
+    tl.store(var_ptr + stat, m2 / width, mask=row_ok)
 
 
 @triton.jit
-def _affine_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, rows, width, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _grad_moments_kernel(g_ptr, x_ptr, mean_ptr, sum_g_ptr, sum_gc_ptr, rows, width, n1, n2, sg0, sg1, sg2, sgd,
+                         sx0, sx1, sx2, sxd, ss0, ss1, ss2,
+                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
+    """Σ_D g and Σ_D g·(x − mean_D x) per row: centred, so no cancellation for offset features."""
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = row < rows
-    base = row.to(tl.int64)[:, None] * width
-    scale = tl.load(scale_ptr + row, mask=row_ok, other=0.0)[:, None]
-    shift = tl.load(shift_ptr + row, mask=row_ok, other=0.0)[:, None]
-    start = 0
-    while start < width:  # a while loop: the interpreter cannot range() over runtime args
-        col = start + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (col < width)[None, :]
-        x = tl.load(x_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + base + col[None, :], (x * scale + shift).to(out_ptr.dtype.element_ty), mask=ok)
-        start += BLOCK_D
-
-
-@triton.jit
-def _grad_moments_kernel(g_ptr, x_ptr, sum_g_ptr, sum_gx_ptr, rows, width, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = row < rows
-    base = row.to(tl.int64)[:, None] * width
+    g_base = _row_offsets(row, n1, n2, sg0, sg1, sg2)
+    x_base = _row_offsets(row, n1, n2, sx0, sx1, sx2)
+    stat = _row_offsets(row, n1, n2, ss0, ss1, ss2)
+    mean = tl.load(mean_ptr + stat, mask=row_ok, other=0.0)
     sum_g = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    sum_gx = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    start = 0
-    while start < width:  # a while loop: the interpreter cannot range() over runtime args
-        col = start + tl.arange(0, BLOCK_D)
+    sum_gc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for start in tl.range(0, width, BLOCK_D, num_stages=STAGES):
+        col = (start + tl.arange(0, BLOCK_D))
         ok = row_ok[:, None] & (col < width)[None, :]
-        g = tl.load(g_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
+        col = col[None, :].to(tl.int64)
+        g = tl.load(g_ptr + g_base[:, None] + col * sgd, mask=ok, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + x_base[:, None] + col * sxd, mask=ok, other=0.0).to(tl.float32)
         sum_g += g
-        sum_gx += g * x
-        start += BLOCK_D
-    tl.store(sum_g_ptr + row, tl.sum(sum_g, axis=1), mask=row_ok)
-    tl.store(sum_gx_ptr + row, tl.sum(sum_gx, axis=1), mask=row_ok)
+        sum_gc += g * tl.where(ok, x - mean[:, None], 0.0)
+    tl.store(sum_g_ptr + stat, tl.sum(sum_g, axis=1), mask=row_ok)
+    tl.store(sum_gc_ptr + stat, tl.sum(sum_gc, axis=1), mask=row_ok)
 
 
 @triton.jit
-def _grad_affine_kernel(
-    g_ptr, x_ptr, cg_ptr, cx_ptr, c0_ptr, out_ptr, rows, width, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
-):
+def _affine_rows_kernel(x_ptr, centre_ptr, scale_ptr, shift_ptr, out_ptr, rows, width, n1, n2,
+                        sx0, sx1, sx2, sxd, so0, so1, so2, sod, ss0, ss1, ss2,
+                        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = row < rows
-    base = row.to(tl.int64)[:, None] * width
-    cg = tl.load(cg_ptr + row, mask=row_ok, other=0.0)[:, None]
-    cx = tl.load(cx_ptr + row, mask=row_ok, other=0.0)[:, None]
-    c0 = tl.load(c0_ptr + row, mask=row_ok, other=0.0)[:, None]
-    start = 0
-    while start < width:  # a while loop: the interpreter cannot range() over runtime args
+    x_base = _row_offsets(row, n1, n2, sx0, sx1, sx2)
+    o_base = _row_offsets(row, n1, n2, so0, so1, so2)
+    stat = _row_offsets(row, n1, n2, ss0, ss1, ss2)
+    centre = tl.load(centre_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    scale = tl.load(scale_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    shift = tl.load(shift_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    for start in tl.range(0, width, BLOCK_D, num_stages=STAGES):
         col = start + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (col < width)[None, :]
-        g = tl.load(g_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + base + col[None, :], mask=ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + base + col[None, :], (g * cg + x * cx + c0).to(out_ptr.dtype.element_ty), mask=ok)
-        start += BLOCK_D
+        col = col[None, :].to(tl.int64)
+        x = tl.load(x_ptr + x_base[:, None] + col * sxd, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + o_base[:, None] + col * sod, ((x - centre) * scale + shift).to(out_ptr.dtype.element_ty),
+                 mask=ok)
 
 
 @triton.jit
-def _scan_kernel(a_ptr, b_ptr, h0_ptr, h_ptr, lanes, length, CONSTANT: tl.constexpr, BLOCK: tl.constexpr):
-    """Time-major (L, lanes) inputs: step t reads one contiguous stretch of lanes."""
-    lane = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = lane < lanes
-    h = tl.load(h0_ptr + lane, mask=ok, other=0.0)
-    if CONSTANT:
-        a_const = tl.load(a_ptr)
-    t = 0
-    while t < length:  # a while loop: the interpreter cannot range() over runtime args
-        offset = t * lanes + lane
-        if CONSTANT:
-            a = a_const
-        else:
-            a = tl.load(a_ptr + offset, mask=ok, other=0.0)
-        h = a * h + tl.load(b_ptr + offset, mask=ok, other=0.0)
-        tl.store(h_ptr + offset, h, mask=ok)
-        t += 1
+def _affine_flat_kernel(x_ptr, centre_ptr, scale_ptr, shift_ptr, out_ptr, total, width, BLOCK: tl.constexpr):
+    """The same on a dense x whose statistics share its row order: element i belongs to row i // D."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < total
+    row = offs // width
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    centre = tl.load(centre_ptr + row, mask=ok, other=0.0)
+    scale = tl.load(scale_ptr + row, mask=ok, other=0.0)
+    shift = tl.load(shift_ptr + row, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, ((x - centre) * scale + shift).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-# --------------------------------------------------------------------------- wrappers
-def _rows(x: Tensor) -> tuple[Tensor, int, int]:
-    x = x.contiguous()
-    width = x.shape[-1]
-    return x, x.numel() // max(width, 1), width
+@triton.jit
+def _grad_affine_rows_kernel(g_ptr, x_ptr, centre_ptr, cg_ptr, cx_ptr, c0_ptr, out_ptr, rows, width, n1, n2,
+                             sg0, sg1, sg2, sgd, sx0, sx1, sx2, sxd, so0, so1, so2, sod, ss0, ss1, ss2,
+                             BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
+    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = row < rows
+    g_base = _row_offsets(row, n1, n2, sg0, sg1, sg2)
+    x_base = _row_offsets(row, n1, n2, sx0, sx1, sx2)
+    o_base = _row_offsets(row, n1, n2, so0, so1, so2)
+    stat = _row_offsets(row, n1, n2, ss0, ss1, ss2)
+    centre = tl.load(centre_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    cg = tl.load(cg_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    cx = tl.load(cx_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    c0 = tl.load(c0_ptr + stat, mask=row_ok, other=0.0)[:, None]
+    for start in tl.range(0, width, BLOCK_D, num_stages=STAGES):
+        col = start + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (col < width)[None, :]
+        col = col[None, :].to(tl.int64)
+        g = tl.load(g_ptr + g_base[:, None] + col * sgd, mask=ok, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + x_base[:, None] + col * sxd, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + o_base[:, None] + col * sod, (g * cg + (x - centre) * cx + c0).to(out_ptr.dtype.element_ty),
+                 mask=ok)
 
 
-def moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(..., D) -> mean, var (...) in fp32."""
-    x, rows, width = _rows(x)
-    mean = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
-    var = torch.empty_like(mean)
-    block_r, block_d = _blocks(rows, width)
-    _moments_kernel[(triton.cdiv(rows, block_r),)](x, mean, var, rows, width, BLOCK_R=block_r, BLOCK_D=block_d)
-    return mean, var
+@triton.jit
+def _grad_affine_flat_kernel(g_ptr, x_ptr, centre_ptr, cg_ptr, cx_ptr, c0_ptr, out_ptr, total, width,
+                             BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < total
+    row = offs // width
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    centre = tl.load(centre_ptr + row, mask=ok, other=0.0)
+    cg = tl.load(cg_ptr + row, mask=ok, other=0.0)
+    cx = tl.load(cx_ptr + row, mask=ok, other=0.0)
+    c0 = tl.load(c0_ptr + row, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, (g * cg + (x - centre) * cx + c0).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """x (..., D) * scale (...) + shift (...), in x's dtype."""
-    x, rows, width = _rows(x)
-    out = torch.empty_like(x)
-    block_r, block_d = _blocks(rows, width)
-    coeffs = [c.reshape(-1).to(torch.float32).contiguous() for c in (scale, shift)]
-    _affine_kernel[(triton.cdiv(rows, block_r),)](x, *coeffs, out, rows, width, BLOCK_R=block_r, BLOCK_D=block_d)
-    return out
-
-
-def grad_moments(grad: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Σ_D g and Σ_D g·x per row, fp32."""
-    grad, rows, width = _rows(grad)
-    x = x.contiguous()
-    sum_g = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
-    sum_gx = torch.empty_like(sum_g)
-    block_r, block_d = _blocks(rows, width)
-    _grad_moments_kernel[(triton.cdiv(rows, block_r),)](
-        grad, x, sum_g, sum_gx, rows, width, BLOCK_R=block_r, BLOCK_D=block_d
-    )
-    return sum_g, sum_gx
-
-
-def grad_affine(grad: Tensor, x: Tensor, cg: Tensor, cx: Tensor, c0: Tensor, dtype: torch.dtype) -> Tensor:
-    """g * cg + x * cx + c0 per row, written in ``dtype``."""
-    grad, rows, width = _rows(grad)
-    x = x.contiguous()
-    out = torch.empty(x.shape, device=x.device, dtype=dtype)
-    block_r, block_d = _blocks(rows, width)
-    coeffs = [c.reshape(-1).to(torch.float32).contiguous() for c in (cg, cx, c0)]
-    _grad_affine_kernel[(triton.cdiv(rows, block_r),)](
-        grad, x, *coeffs, out, rows, width, BLOCK_R=block_r, BLOCK_D=block_d
-    )
-    return out
-
-
-def scan(decay: float | Tensor, inputs: Tensor, initial: Tensor) -> Tensor:
-    """``h_t = decay_t h_{t-1} + inputs_t`` along the last axis; see ``speechnorm.norm.scan``."""
-    lead, length = inputs.shape[:-1], inputs.shape[-1]
-    lanes = inputs.numel() // max(length, 1)
-    if length == 0 or lanes == 0:
-        return inputs.clone()
-    b = inputs.reshape(lanes, length).t().contiguous()  # (L, lanes): time-major
-    constant = not isinstance(decay, Tensor)
-    if constant:
-        a = torch.tensor([decay], device=inputs.device, dtype=inputs.dtype)
+@triton.jit
+def _track_kernel(mean_ptr, var_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, centre_ptr, scale_ptr, shift_ptr,
+                  mu_end_ptr, var_end_ptr, channels, length, sp, sc, sl, alpha, eps,
+                  AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """One stream's tracking process over its L samples (all features as lanes), and every
+    sample's affine map: out = (x − μ_{t-1}) · γ inv_std inv_s + β inv_s."""
+    p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = p * channels + c
+    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
+    if AFFINE:
+        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
+        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
     else:
-        a = decay.expand_as(inputs).reshape(lanes, length).t().contiguous().to(inputs.dtype)
-    h0 = initial.expand(lead).reshape(lanes).to(inputs.dtype).contiguous()
-    h = torch.empty_like(b)
-    block = min(triton.next_power_of_2(lanes), 256)
-    _scan_kernel[(triton.cdiv(lanes, block),)](a, b, h0, h, lanes, length, CONSTANT=constant, BLOCK=block)
-    return h.t().reshape(*lead, length)
+        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
+        beta = tl.zeros([BLOCK_C], tl.float32)
+    keep = 1.0 - alpha
+    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc
+    for _ in tl.range(0, length, num_stages=STAGES):
+        m = tl.load(mean_ptr + off, mask=ok, other=0.0)
+        v = tl.load(var_ptr + off, mask=ok, other=0.0)
+        inv_std = 1.0 / tl.sqrt(var + eps)
+        delta = m - mu
+        scale = gamma * inv_std
+        shift = beta
+        if LS:
+            h_mean = scale * delta + beta
+            h2 = tl.where(ok, scale * scale * v + h_mean * h_mean, 0.0)
+            inv_s = 1.0 / tl.sqrt(tl.sum(h2, axis=0) / channels + eps)
+            scale = scale * inv_s
+            shift = beta * inv_s
+        tl.store(centre_ptr + off, mu, mask=ok)
+        tl.store(scale_ptr + off, scale, mask=ok)
+        tl.store(shift_ptr + off, shift, mask=ok)
+        var = alpha * var + keep * v + alpha * keep * delta * delta
+        mu += keep * delta
+        off += sl
+    tl.store(mu_end_ptr + state, mu, mask=ok)
+    tl.store(var_end_ptr + state, var, mask=ok)
+
+
+@triton.jit
+def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu0_ptr, var0_ptr, u0_ptr, v0_ptr, w_ptr, b_ptr,
+                    centre_ptr, cg_ptr, cx_ptr, c0_ptr, gw_ptr, gb_ptr, u_end_ptr, v_end_ptr,
+                    channels, length, sp, sc, sl, width, alpha_fwd, alpha_bkw, eps,
+                    AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """One stream's backward over its L samples: the tracking again (nothing saved but the
+    moments), layer scaling's and the affine map's exact gradients, the control process
+
+        z_t = γ g_h − k v_{t-1} y_t,  v_t = v_{t-1} + mean_D(z_t y_t),
+        x'_t = z_t inv_std_t − k u_{t-1},  u_t = u_{t-1} + mean_D(x'_t)       (k = 1 − α_b)
+
+    reduced to per-sample sums, and every row's gradient map ∂L/∂x = g·cg + (x − μ_{t-1})·cx + c0.
+    Sums over the row use S_g = Σ g and S_gc = Σ g (x − mean_D x), with x − μ_{t-1} = (x − mean) + δ."""
+    p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = p * channels + c
+    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
+    u = tl.load(u0_ptr + state, mask=ok, other=0.0)
+    v = tl.load(v0_ptr + state, mask=ok, other=0.0)
+    if AFFINE:
+        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
+        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
+    else:
+        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
+        beta = tl.zeros([BLOCK_C], tl.float32)
+    keep = 1.0 - alpha_fwd
+    k = 1.0 - alpha_bkw
+    sum_w = tl.zeros([BLOCK_C], tl.float32)
+    sum_b = tl.zeros([BLOCK_C], tl.float32)
+    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc
+    for _ in tl.range(0, length, num_stages=STAGES):
+        m = tl.load(mean_ptr + off, mask=ok, other=0.0)
+        vx = tl.load(var_ptr + off, mask=ok, other=0.0)
+        s_g = tl.load(sum_g_ptr + off, mask=ok, other=0.0)
+        s_gc = tl.load(sum_gc_ptr + off, mask=ok, other=0.0)
+        inv_std = 1.0 / tl.sqrt(var + eps)
+        delta = m - mu
+        mean_y = delta * inv_std
+        mean_y2 = (vx + delta * delta) * inv_std * inv_std
+        a = gamma * inv_std
+        s_gd = s_gc + delta * s_g  # Σ g (x − μ_{t-1})
+        if LS:  # out = inv_s (a (x − μ) + β);  g_h = inv_s g − inv_s² proj (a (x − μ) + β)
+            h_mean = a * delta + beta
+            h2 = tl.where(ok, a * a * vx + h_mean * h_mean, 0.0)
+            inv_s = 1.0 / tl.sqrt(tl.sum(h2, axis=0) / channels + eps)
+            g_out = tl.where(ok, inv_s * (a * s_gd + beta * s_g), 0.0)
+            proj = tl.sum(g_out, axis=0) / (channels * width)
+            cg_ls = inv_s
+            cx_ls = -inv_s * inv_s * proj * a
+            c0_ls = -inv_s * inv_s * proj * beta
+            s_gh = cg_ls * s_g + (cx_ls * delta + c0_ls) * width
+            s_ghd = cg_ls * s_gd + (cx_ls * (vx + delta * delta) + c0_ls * delta) * width
+        else:
+            cg_ls = tl.full([BLOCK_C], 1.0, tl.float32)
+            cx_ls = tl.zeros([BLOCK_C], tl.float32)
+            c0_ls = tl.zeros([BLOCK_C], tl.float32)
+            s_gh = s_g
+            s_ghd = s_gd
+        s_ghy = inv_std * s_ghd  # Σ g_h y
+        sum_w += s_ghy
+        sum_b += s_gh
+        kv = k * v
+        ku = k * u
+        v = (1.0 - k * mean_y2) * v + gamma * s_ghy / width
+        u = alpha_bkw * u + inv_std * (gamma * s_gh / width - kv * mean_y)
+        outer = gamma * inv_std
+        tl.store(centre_ptr + off, mu, mask=ok)
+        tl.store(cg_ptr + off, outer * cg_ls, mask=ok)
+        tl.store(cx_ptr + off, outer * cx_ls - kv * inv_std * inv_std, mask=ok)
+        tl.store(c0_ptr + off, outer * c0_ls - ku, mask=ok)
+        var = alpha_fwd * var + keep * vx + alpha_fwd * keep * delta * delta
+        mu += keep * delta
+        off += sl
+    tl.store(gw_ptr + state, sum_w, mask=ok)
+    tl.store(gb_ptr + state, sum_b, mask=ok)
+    tl.store(u_end_ptr + state, u, mask=ok)
+    tl.store(v_end_ptr + state, v, mask=ok)
+
+
+@triton.jit
+def _d1_forward_kernel(x_ptr, out_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, mu_end_ptr, var_end_ptr, channels, length,
+                       sxp, sxc, sxl, sop, soc, sol, alpha, eps,
+                       AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """One-component samples, one stream per program: out_t = LS(γ (x_t − μ) / sqrt(σ² + ε) + β),
+    then μ += (1 − α) d, σ² = α (σ² + (1 − α) d²)."""
+    p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = p * channels + c
+    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
+    if AFFINE:
+        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
+        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
+    else:
+        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
+        beta = tl.zeros([BLOCK_C], tl.float32)
+    keep = 1.0 - alpha
+    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc
+    o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc
+    for _ in tl.range(0, length, num_stages=STAGES):
+        x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
+        d = x - mu
+        h = gamma * d / tl.sqrt(var + eps) + beta
+        if LS:
+            h = h / tl.sqrt(tl.sum(tl.where(ok, h * h, 0.0), axis=0) / channels + eps)
+        tl.store(out_ptr + o_off, h.to(out_ptr.dtype.element_ty), mask=ok)
+        mu += keep * d
+        var = alpha * (var + keep * d * d)
+        x_off += sxl
+        o_off += sol
+    tl.store(mu_end_ptr + state, mu, mask=ok)
+    tl.store(var_end_ptr + state, var, mask=ok)
+
+
+@triton.jit
+def _d1_backward_kernel(x_ptr, g_ptr, gx_ptr, mu0_ptr, var0_ptr, u0_ptr, v0_ptr, w_ptr, b_ptr, gw_ptr, gb_ptr,
+                        u_end_ptr, v_end_ptr, channels, length, sxp, sxc, sxl, sgp, sgc, sgl, sop, soc, sol,
+                        alpha_fwd, alpha_bkw, eps,
+                        AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """The backward of ``_d1_forward_kernel`` from x and g alone, in forward order."""
+    p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = p * channels + c
+    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
+    u = tl.load(u0_ptr + state, mask=ok, other=0.0)
+    v = tl.load(v0_ptr + state, mask=ok, other=0.0)
+    if AFFINE:
+        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
+        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
+    else:
+        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
+        beta = tl.zeros([BLOCK_C], tl.float32)
+    keep = 1.0 - alpha_fwd
+    k = 1.0 - alpha_bkw
+    sum_w = tl.zeros([BLOCK_C], tl.float32)
+    sum_b = tl.zeros([BLOCK_C], tl.float32)
+    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc
+    g_off = p.to(tl.int64) * sgp + c.to(tl.int64) * sgc
+    o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc
+    for _ in tl.range(0, length, num_stages=STAGES):
+        x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + g_off, mask=ok, other=0.0).to(tl.float32)
+        d = x - mu
+        inv_std = 1.0 / tl.sqrt(var + eps)
+        y = d * inv_std
+        if LS:  # g_h = (g − mean_c(g·out) out) / s, out = h / s
+            h = gamma * y + beta
+            inv_s = 1.0 / tl.sqrt(tl.sum(tl.where(ok, h * h, 0.0), axis=0) / channels + eps)
+            proj = tl.sum(tl.where(ok, g * h, 0.0), axis=0) * inv_s * inv_s / channels
+            gh = (g - proj * h) * inv_s
+        else:
+            gh = g
+        sum_w += gh * y
+        sum_b += gh
+        z = gamma * gh - k * v * y
+        v += z * y
+        xp = z * inv_std - k * u
+        u += xp
+        tl.store(gx_ptr + o_off, xp.to(gx_ptr.dtype.element_ty), mask=ok)
+        mu += keep * d
+        var = alpha_fwd * (var + keep * d * d)
+        x_off += sxl
+        g_off += sgl
+        o_off += sol
+    tl.store(gw_ptr + state, sum_w, mask=ok)
+    tl.store(gb_ptr + state, sum_b, mask=ok)
+    tl.store(u_end_ptr + state, u, mask=ok)
+    tl.store(v_end_ptr + state, v, mask=ok)
+
+
+# --------------------------------------------------------------------------- launch helpers
+def row_blocks(width: int) -> tuple[int, int]:
+    """(rows, components) of a row kernel's tile for rows of ``width`` components: a chunk of the
+    row that wastes few masked lanes (the smallest padding among 16..128, the larger on ties),
+    and as many rows as fill ``TILE`` elements."""
+    if width <= 16:
+        block_d = triton.next_power_of_2(max(width, 1))
+    else:
+        block_d = min((128, 64, 32, 16), key=lambda b: (-(-width // b) * b - width) / width + (0.02 if b < 32 else 0))
+    return max(1, TILE // block_d), block_d
+
+
+def lane_blocks(channels: int, layer_scaling: bool) -> tuple[int, int, int]:
+    """(lanes per program, programs per stream, warps) of the per-stream kernels. Layer scaling
+    reduces over all features of a sample, so one program holds them all; otherwise features are
+    split over programs for parallelism."""
+    if layer_scaling:
+        if channels > MAX_LANES:
+            raise ValueError(f"OnlineNorm on the Triton path with layer scaling takes at most {MAX_LANES} features, "
+                             f"got {channels}; use ecm=None or 'ac' for wider layers")
+        block = triton.next_power_of_2(channels)
+    else:
+        block = min(triton.next_power_of_2(channels), 128)
+    return block, triton.cdiv(channels, block), max(1, min(16, block // 128))  # <= 4 lanes per thread up to 2048
+
+
+def _row_order(x4: Tensor) -> list[int]:
+    """The three row axes (P, C, L) of x4 from the outermost to the innermost in memory."""
+    return sorted(range(3), key=lambda i: (-x4.stride(i), -i))
+
+
+def _stat(x4: Tensor, order: list[int]) -> Tensor:
+    """A float32 (P, C, L) statistics tensor laid out in x4's row order (dense)."""
+    shape = [x4.shape[i] for i in order]
+    dense = torch.empty(shape, device=x4.device, dtype=torch.float32)
+    inverse = [order.index(i) for i in range(3)]
+    return dense.permute(inverse)
+
+
+def _flat(order: list[int], *tensors: Tensor) -> bool:
+    """All (P, C, L, D) tensors dense with D innermost and rows in ``order``: one flat index serves."""
+    for t in tensors:
+        expected = t.shape[3] if t.shape[3] > 1 else 1
+        for i in reversed(order):
+            if t.shape[i] > 1 and t.stride(i) != expected:
+                return False
+            expected *= t.shape[i]
+        if t.shape[3] > 1 and t.stride(3) != 1:
+            return False
+    return True
+
+
+def _rows_args(t: Tensor, order: list[int]) -> list[int]:
+    return [t.stride(order[0]), t.stride(order[1]), t.stride(order[2])]
+
+
+def _like(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """An empty tensor shaped like x in x's memory layout when x is dense (``empty_like``
+    preserves it), contiguous otherwise."""
+    return torch.empty_like(x, dtype=dtype)
+
+
+def _state(t: Tensor, streams: int, channels: int) -> Tensor:
+    return t.detach().to(torch.float32).expand(streams, channels).contiguous()
+
+
+def _params(weight: Tensor | None, bias: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor, bool]:
+    if weight is None:
+        return like, like, False
+    return weight.detach().float().contiguous(), bias.detach().float().contiguous(), True
+
+
+# --------------------------------------------------------------------------- the layer, D > 1
+def forward(x4: Tensor, weight, bias, mu0: Tensor, var0: Tensor, alpha: float, eps: float, layer_scaling: bool):
+    """out = LS(γ · OnlineNorm(x) + β) for x4 (P, C, L, D), any strides.
+
+    Returns out (x4's shape and dtype, x4's row order), the end statistics μ, σ² (P, C) float32,
+    and the per-sample moments (mean, var) that ``backward`` needs.
+    """
+    streams, channels, length, width = x4.shape
+    order = _row_order(x4)
+    n1, n2 = x4.shape[order[1]], x4.shape[order[2]]
+    rows = streams * channels * length
+    mean, var = _stat(x4, order), _stat(x4, order)
+    out = _like(x4, x4.dtype)
+    mu_end = torch.empty(streams, channels, device=x4.device, dtype=torch.float32)
+    var_end = torch.empty_like(mu_end)
+    if rows == 0 or width == 0:
+        return out, _state(mu0, streams, channels), _state(var0, streams, channels), mean, var
+    block_r, block_d = row_blocks(width)
+    grid = (triton.cdiv(rows, block_r),)
+    stat_strides = _rows_args(mean, order)
+    _moments_kernel[grid](x4, mean, var, rows, width, n1, n2, *_rows_args(x4, order), x4.stride(3), *stat_strides,
+                          BLOCK_R=block_r, BLOCK_D=block_d, STAGES=STAGES)
+    centre, scale, shift = _stat(x4, order), _stat(x4, order), _stat(x4, order)
+    gamma, beta, affine = _params(weight, bias, mu_end)
+    block_c, programs, warps = lane_blocks(channels, layer_scaling)
+    _track_kernel[(streams, programs)](
+        mean, var, _state(mu0, streams, channels), _state(var0, streams, channels), gamma, beta, centre, scale, shift,
+        mu_end, var_end, channels, length, *mean.stride(), float(alpha), float(eps),
+        AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    if _flat(order, x4, out):
+        total = x4.numel()
+        _affine_flat_kernel[(triton.cdiv(total, TILE),)](x4, centre, scale, shift, out, total, width, BLOCK=TILE)
+    else:
+        _affine_rows_kernel[grid](x4, centre, scale, shift, out, rows, width, n1, n2, *_rows_args(x4, order),
+                                  x4.stride(3), *_rows_args(out, order), out.stride(3), *stat_strides,
+                                  BLOCK_R=block_r, BLOCK_D=block_d, STAGES=STAGES)
+    return out, mu_end, var_end, mean, var
+
+
+def backward(x4: Tensor, g4: Tensor, mean: Tensor, var: Tensor, weight, bias, mu0: Tensor, var0: Tensor, u0: Tensor,
+             v0: Tensor, alpha_fwd: float, alpha_bkw: float, eps: float, layer_scaling: bool, dtype: torch.dtype):
+    """∂L/∂x (in ``dtype``, x4's row order), ∂L/∂γ and ∂L/∂β (C,) float32 (None without affine),
+    and the end control state (u, v) (P, C) float32."""
+    streams, channels, length, width = x4.shape
+    order = _row_order(x4)
+    n1, n2 = x4.shape[order[1]], x4.shape[order[2]]
+    rows = streams * channels * length
+    grad_x = _like(x4, dtype)
+    block_r, block_d = row_blocks(width)
+    grid = (triton.cdiv(rows, block_r),)
+    stat_strides = _rows_args(mean, order)
+    sum_g, sum_gc = _stat(x4, order), _stat(x4, order)
+    _grad_moments_kernel[grid](g4, x4, mean, sum_g, sum_gc, rows, width, n1, n2, *_rows_args(g4, order), g4.stride(3),
+                               *_rows_args(x4, order), x4.stride(3), *stat_strides,
+                               BLOCK_R=block_r, BLOCK_D=block_d, STAGES=STAGES)
+    centre, cg, cx, c0 = (_stat(x4, order) for _ in range(4))
+    sums = torch.empty(4, streams, channels, device=x4.device, dtype=torch.float32)
+    gamma, beta, affine = _params(weight, bias, sums[0])
+    block_c, programs, warps = lane_blocks(channels, layer_scaling)
+    _control_kernel[(streams, programs)](
+        mean, var, sum_g, sum_gc, *(_state(s, streams, channels) for s in (mu0, var0, u0, v0)), gamma, beta,
+        centre, cg, cx, c0, sums[0], sums[1], sums[2], sums[3], channels, length, *mean.stride(), width,
+        float(alpha_fwd), float(alpha_bkw), float(eps),
+        AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    if _flat(order, x4, g4, grad_x):
+        total = x4.numel()
+        _grad_affine_flat_kernel[(triton.cdiv(total, TILE),)](g4, x4, centre, cg, cx, c0, grad_x, total, width,
+                                                             BLOCK=TILE)
+    else:
+        _grad_affine_rows_kernel[grid](g4, x4, centre, cg, cx, c0, grad_x, rows, width, n1, n2,
+                                       *_rows_args(g4, order), g4.stride(3), *_rows_args(x4, order), x4.stride(3),
+                                       *_rows_args(grad_x, order), grad_x.stride(3), *stat_strides,
+                                       BLOCK_R=block_r, BLOCK_D=block_d, STAGES=STAGES)
+    grad_w = sums[0].sum(dim=0) if affine else None
+    grad_b = sums[1].sum(dim=0) if affine else None
+    return grad_x, grad_w, grad_b, sums[2], sums[3]
+
+
+# --------------------------------------------------------------------------- the layer, D = 1
+def forward_d1(x: Tensor, weight, bias, mu0: Tensor, var0: Tensor, alpha: float, eps: float, layer_scaling: bool):
+    """``cpu_d1.forward_d1`` on the GPU: x (P, C, L) any strides -> out (x's dtype and memory
+    order), μ, σ² (P, C) float32. NaN/inf reach μ and σ², where ``speechnorm.norm.finite`` checks."""
+    streams, channels, length = x.shape
+    out = _like(x, x.dtype)
+    mu_end = torch.empty(streams, channels, device=x.device, dtype=torch.float32)
+    var_end = torch.empty_like(mu_end)
+    gamma, beta, affine = _params(weight, bias, mu_end)
+    block_c, programs, warps = lane_blocks(channels, layer_scaling)
+    if streams and channels:
+        _d1_forward_kernel[(streams, programs)](
+            x, out, _state(mu0, streams, channels), _state(var0, streams, channels), gamma, beta, mu_end, var_end,
+            channels, length, *x.stride(), *out.stride(), float(alpha), float(eps),
+            AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    return out, mu_end, var_end
+
+
+def backward_d1(x: Tensor, grad_out: Tensor, weight, bias, mu0: Tensor, var0: Tensor, u0: Tensor, v0: Tensor,
+                alpha_fwd: float, alpha_bkw: float, eps: float, layer_scaling: bool):
+    """``cpu_d1.backward_d1`` on the GPU: ∂L/∂x (x's dtype), Σ_t g_h·y and Σ_t g_h (P, C), (u, v)."""
+    streams, channels, length = x.shape
+    grad_x = _like(x, x.dtype)
+    sums = torch.empty(4, streams, channels, device=x.device, dtype=torch.float32)
+    gamma, beta, affine = _params(weight, bias, sums[0])
+    block_c, programs, warps = lane_blocks(channels, layer_scaling)
+    if streams and channels:
+        _d1_backward_kernel[(streams, programs)](
+            x, grad_out, grad_x, *(_state(s, streams, channels) for s in (mu0, var0, u0, v0)), gamma, beta,
+            sums[0], sums[1], sums[2], sums[3], channels, length, *x.stride(), *grad_out.stride(), *grad_x.stride(),
+            float(alpha_fwd), float(alpha_bkw), float(eps),
+            AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    else:
+        sums.zero_()
+    return grad_x, sums[0], sums[1], sums[2], sums[3]
