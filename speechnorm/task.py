@@ -19,6 +19,7 @@ from torchmetrics.functional.audio import scale_invariant_signal_distortion_rati
 
 from .dsp import STFT
 from .models import build
+from .norm.finite import raise_if_nonfinite
 from .scoring import align, quality_metrics, score_clip
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ class EnhancementTask(L.LightningModule):
 
     def common_step(self, batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         noisy, target = batch
-        estimate, target = self.aligned(self(noisy), target)
+        estimate = self(noisy)
+        raise_if_nonfinite()  # the normalizers' input check, deferred on CUDA: one sync here, none in the model
+        estimate, target = self.aligned(estimate, target)
         sdr = si_sdr(estimate, target).mean()
         loss = -self.hparams.sisdr_weight * sdr + self.hparams.stft_weight * self.stft_loss(estimate, target)
         if not torch.isfinite(loss):

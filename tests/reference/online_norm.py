@@ -139,3 +139,29 @@ def assert_call_matches(layer, x, out, expected, **tol):
         checks.append(("control", layer.control))
     for name, got in checks:
         torch.testing.assert_close(got.detach().double().cpu(), expected[name], msg=lambda m, n=name: f"{n}: {m}", **tol)
+
+
+def laid_out(shape, kind, generator=None):
+    """A random tensor of ``shape`` with per-feature offsets, laid out in memory as ``kind`` says:
+    contiguous, features innermost (a pointwise layer's output), time first (a GRU's), a strided
+    slice (no dense layout), or channels_last."""
+    import torch
+
+    batch, channels = shape[0], shape[1]
+    rest = shape[2:]
+    if kind == "contiguous":
+        x = torch.randn(shape, generator=generator)
+    elif kind == "features_inner":  # (B, T, C) or (B, T, F, C) seen as (B, C, T[, F]): a pointwise layer's output
+        x = torch.randn(batch, *rest, channels, generator=generator).movedim(-1, 1)
+    elif kind == "time_first":  # (T, B, C) seen as (B, C, T): a GRU's output
+        x = torch.randn(rest[0], batch, channels, *rest[1:], generator=generator).movedim(0, 2)
+    elif kind == "strided":  # a slice: no dense layout at all
+        big = torch.randn(batch, 2 * channels, *(r + 2 for r in rest), generator=generator)
+        x = big[(slice(None), slice(None, None, 2), *(slice(1, -1) for _ in rest))]
+    elif kind == "channels_last":
+        x = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    else:
+        raise ValueError(kind)
+    assert x.shape == torch.Size(shape)
+    offsets = torch.linspace(-3, 3, channels).view(1, channels, *([1] * len(rest)))
+    return x.mul_(2.0).add_(offsets)

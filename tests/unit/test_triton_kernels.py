@@ -21,28 +21,6 @@ def ops():
     return triton_ops
 
 
-def layouts(shape, kind, generator=None):
-    """A tensor of ``shape`` with per-feature offsets, laid out in memory as ``kind`` says."""
-    batch, channels = shape[0], shape[1]
-    rest = shape[2:]
-    if kind == "contiguous":
-        x = torch.randn(shape, generator=generator)
-    elif kind == "features_inner":  # (B, T, C) or (B, T, F, C) seen as (B, C, T[, F]): a pointwise layer's output
-        x = torch.randn(batch, *rest, channels, generator=generator).movedim(-1, 1)
-    elif kind == "time_first":  # (T, B, C) seen as (B, C, T): a GRU's output
-        x = torch.randn(rest[0], batch, channels, *rest[1:], generator=generator).movedim(0, 2)
-    elif kind == "strided":  # a slice: no dense layout at all
-        big = torch.randn(batch, 2 * channels, *(r + 2 for r in rest), generator=generator)
-        x = big[(slice(None), slice(None, None, 2), *(slice(1, -1) for _ in rest))]
-    elif kind == "channels_last":
-        x = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
-    else:
-        raise ValueError(kind)
-    assert x.shape == torch.Size(shape)
-    offsets = torch.linspace(-3, 3, channels).view(1, channels, *([1] * len(rest)))
-    return x.mul_(2.0).add_(offsets)
-
-
 def run_call(layer, x, grad_out, backend="triton"):
     x = x.detach().requires_grad_(True)
     with use_backend(backend):
@@ -67,7 +45,7 @@ CASES = [  # (stream axis, shape, memory layout): C = 1, T = 1, N = 1, odd D, D 
 def test_training_call_matches_reference(stream_axis, shape, kind, ecm):
     layer = ref.randomize(OnlineNorm(shape[1], alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, stream_axis=stream_axis))
     before = layer.running_mean.clone(), layer.running_var.clone(), layer.control.clone()
-    x = layouts(shape, kind)
+    x = ref.laid_out(shape, kind)
     grad_out = torch.randn(shape)
     with use_backend("triton"):
         assert backend_for(x).name == "triton"
@@ -103,7 +81,7 @@ def test_one_component_samples_take_the_fused_kernel(monkeypatch, ops):
 def test_outputs_keep_the_input_layout():
     for shape, kind in (((2, 3, 4, 21), "features_inner"), ((2, 5, 9), "time_first"), ((5, 4, 3, 3), "channels_last")):
         axis = "batch" if kind == "channels_last" else "time"
-        x, out = run_call(OnlineNorm(shape[1], stream_axis=axis), layouts(shape, kind), torch.randn(shape))
+        x, out = run_call(OnlineNorm(shape[1], stream_axis=axis), ref.laid_out(shape, kind), torch.randn(shape))
         assert out.stride() == x.stride() and x.grad.stride() == x.stride(), kind
 
 
