@@ -156,7 +156,11 @@ def plot(runs: list[Path], path: Path) -> None:
     settings = sorted({RUN_NAME.match(r.name)["setting"] for r in runs})
     colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(settings)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, batch in zip(axes, (8, 1)):
+    present = sorted({int(RUN_NAME.match(r.name)["batch"]) for r in runs}, reverse=True)
+    for ax, batch in zip(axes, present + [None] * (2 - len(present))):
+        if batch is None:
+            ax.set_visible(False)
+            continue
         for run in runs:
             match = RUN_NAME.match(run.name)
             points = curve(run)
@@ -182,6 +186,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="results")
     parser.add_argument("--items", type=int, default=48, help="test items per split (the same for every run)")
     parser.add_argument("--watch", action="store_true", help="keep scoring runs as they finish (until ALLDONE)")
+    parser.add_argument("--name", default="ablation", help="file stem of the results (OUT/NAME.{md,json,png})")
     args = parser.parse_args(argv)
     clips: dict = {}
     while True:
@@ -199,10 +204,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"no finished runs in {args.runs}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
-    (out / "ablation.md").write_text(table(rows))
-    plot([r for r in runs if curve(r)], out / "ablation.png")
-    print((out / "ablation.md").read_text())
+    (out / f"{args.name}.json").write_text(json.dumps(rows, indent=2))
+    (out / f"{args.name}.md").write_text(table(rows))
+    plot([r for r in runs if curve(r)], out / f"{args.name}.png")
+    print((out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

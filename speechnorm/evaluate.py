@@ -78,9 +78,16 @@ class Runner:
 
 
 def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluation", items: int | None = None,
-             pictures: int = 3, data_overrides: dict | None = None, backend: str = "auto", dnsmos: bool = True) -> dict:
+             pictures: int = 3, data_overrides: dict | None = None, backend: str = "auto", dnsmos: bool = True,
+             gain_db: float = 0.0) -> dict:
+    """Score ``model`` on ``items`` clips of ``split`` (by ``speechnorm.scoring.score_clip``).
+    ``gain_db`` scales every clip (input and target) by that many dB first: the same clips at
+    another input level, to measure robustness to level."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not -80.0 <= gain_db <= 40.0:
+        raise ValueError(f"gain_db must lie in [-80, 40] dB, got {gain_db!r}")
+    gain = 10.0 ** (gain_db / 20.0)
     runner = Runner(model, backend)
     data = EnhancementDataModule(**{**runner.data_hparams, **(data_overrides or {})})
     data.prepare_data()
@@ -92,6 +99,8 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
     rows = []
     for index in range(count):
         noisy, target = dataset[index]
+        if gain_db:
+            noisy, target = noisy * gain, target * gain
         estimate = runner(noisy)
         plan = dataset.plan(index)
         row = {"item": index, "mics": noisy.shape[0], "noise": plan["noise"], "t60": round(plan["t60"], 3),
@@ -104,7 +113,8 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
                          runner.sample_rate)
     shown = METRICS if dnsmos else METRICS[:3]  # dnsmos=False: SI-SDR, PESQ, STOI (DNSMOS costs the most)
     summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in shown}
-    result = {"checkpoint": runner.description["path"], "split": split, "items": count, "metrics": list(shown),
+    result = {"checkpoint": runner.description["path"], "split": split, "items": count, "gain_db": gain_db,
+              "metrics": list(shown),
               "model": runner.description, "mean": summary, "per_condition": per_condition(rows, metrics=shown),
               "per_item": rows}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -53,3 +53,25 @@ def test_every_scoring_path_gives_the_same_number(tmp_path, tiny_corpus):
         assert by_evaluate[f"enhanced/{metric}"] == logged[f"test/enhanced/{metric}"] == by_script[metric], metric
         assert by_evaluate[f"noisy/{metric}"] == logged[f"test/noisy/{metric}"] == noisy_by_script[metric], metric
         np.testing.assert_allclose(by_onnx[f"enhanced/{metric}"], by_evaluate[f"enhanced/{metric}"], atol=1e-3)
+
+
+def test_evaluate_at_another_input_level(tmp_path, tiny_corpus):
+    """``gain_db`` scores the same clips scaled: SI-SDR of the noisy input is scale-invariant, so it
+    is unchanged; the model sees another level; out-of-range gains are refused."""
+    import pytest
+
+    from conftest import save_checkpoint
+
+    data = {"clean_dir": str(tiny_corpus / "clean"), "noise_dir": str(tiny_corpus / "noise"), "train_items": 4,
+            "val_items": 2, "test_items": 2, "seconds": 0.5, "batch_size": 2, "seed": 3}
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt", hidden=32, layers=1)
+    stored = torch.load(checkpoint, weights_only=False)
+    stored["datamodule_hyper_parameters"] = data
+    torch.save(stored, checkpoint)
+    runs = {gain: evaluate(checkpoint, split="test", out=tmp_path / f"g{gain}", items=2, pictures=0, dnsmos=False,
+                           gain_db=gain) for gain in (0.0, -30.0)}
+    assert runs[-30.0]["gain_db"] == -30.0
+    for quiet, loud in zip(runs[-30.0]["per_item"], runs[0.0]["per_item"]):
+        np.testing.assert_allclose(quiet["noisy/si_sdr"], loud["noisy/si_sdr"], atol=1e-3)
+    with pytest.raises(ValueError, match="gain_db"):
+        evaluate(checkpoint, split="test", out=tmp_path / "bad", items=1, gain_db=120.0)

@@ -27,3 +27,20 @@ def test_mean_and_spread_over_seeds_and_the_verdict():
     assert "best on test SI-SDR is **a** (8.20 dB)" in text
     assert "no difference: b;" in text and "behind it: c (-1.10 dB)" in text
     assert "48 clips of `test`" in text and "600 training steps" in text
+
+
+def test_level_robustness_table():
+    script = Path(__file__).resolve().parents[2] / "scripts" / "level_robustness.py"
+    spec = importlib.util.spec_from_file_location("level_robustness", script)
+    levels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(levels)
+
+    def scored(values):
+        return {"levels": {str(level): {"enhanced": v, "noisy": 3.0, "clips": 48}
+                           for level, v in zip((-30.0, 0.0, 10.0), values)}}
+
+    groups = {"online": [scored((7.0, 8.0, 7.5)), scored((7.2, 8.2, 7.7))], "batch": [scored((4.0, 8.0, 6.0))]}
+    text = levels.table(groups, (-30.0, 0.0, 10.0))
+    assert "| online | 2 | 7.10 ± 0.14 | 8.10 ± 0.14 | 7.60 ± 0.14 | 1.00 |" in text  # drop at −30 dB: 1.0
+    assert "| batch | 1 | 4.00 | 8.00 | 6.00 | 4.00 |" in text
+    assert "the same 48 clips" in text
