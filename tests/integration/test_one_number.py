@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from evaluate_peers import ours, score  # noqa: E402
 
 
-def test_every_scoring_path_gives_the_same_number(tmp_path, tiny_corpus):
+def tiny_checkpoint(tmp_path, tiny_corpus):
+    """A small untrained TAC-GRU checkpoint whose data settings point at the tiny corpus."""
     from conftest import save_checkpoint
 
     data = {"clean_dir": str(tiny_corpus / "clean"), "noise_dir": str(tiny_corpus / "noise"), "train_items": 4,
@@ -26,6 +27,11 @@ def test_every_scoring_path_gives_the_same_number(tmp_path, tiny_corpus):
     stored = torch.load(checkpoint, weights_only=False)
     stored["datamodule_hyper_parameters"] = data
     torch.save(stored, checkpoint)
+    return checkpoint, data
+
+
+def test_every_scoring_path_gives_the_same_number(tmp_path, tiny_corpus):
+    checkpoint, data = tiny_checkpoint(tmp_path, tiny_corpus)
 
     by_evaluate = evaluate(checkpoint, split="test", out=tmp_path / "eval", items=1, pictures=0)["per_item"][0]
     export_model(checkpoint, tmp_path / "exported", max_mics=8)
@@ -60,14 +66,7 @@ def test_evaluate_at_another_input_level(tmp_path, tiny_corpus):
     is unchanged; the model sees another level; out-of-range gains are refused."""
     import pytest
 
-    from conftest import save_checkpoint
-
-    data = {"clean_dir": str(tiny_corpus / "clean"), "noise_dir": str(tiny_corpus / "noise"), "train_items": 4,
-            "val_items": 2, "test_items": 2, "seconds": 0.5, "batch_size": 2, "seed": 3}
-    checkpoint = save_checkpoint(tmp_path / "model.ckpt", hidden=32, layers=1)
-    stored = torch.load(checkpoint, weights_only=False)
-    stored["datamodule_hyper_parameters"] = data
-    torch.save(stored, checkpoint)
+    checkpoint, _ = tiny_checkpoint(tmp_path, tiny_corpus)
     runs = {gain: evaluate(checkpoint, split="test", out=tmp_path / f"g{gain}", items=2, pictures=0, dnsmos=False,
                            gain_db=gain) for gain in (0.0, -30.0)}
     assert runs[-30.0]["gain_db"] == -30.0

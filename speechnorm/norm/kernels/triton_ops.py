@@ -204,6 +204,30 @@ def _grad_affine_flat_kernel(g_ptr, x_ptr, centre_ptr, cg_ptr, cx_ptr, c0_ptr, o
 
 
 @triton.jit
+def _affine_params(w_ptr, b_ptr, c, ok, AFFINE: tl.constexpr, BLOCK_C: tl.constexpr):
+    """γ and β of the lanes ``c`` (1 and 0 without an affine transform)."""
+    if AFFINE:
+        return tl.load(w_ptr + c, mask=ok, other=0.0), tl.load(b_ptr + c, mask=ok, other=0.0)
+    return tl.full([BLOCK_C], 1.0, tl.float32), tl.zeros([BLOCK_C], tl.float32)
+
+
+@triton.jit
+def _stream_state(mu0_ptr, var0_ptr, u0_ptr, v0_ptr, state, ok):
+    """A stream's μ, σ², u, v before its first sample."""
+    return (tl.load(mu0_ptr + state, mask=ok, other=0.0), tl.load(var0_ptr + state, mask=ok, other=1.0),
+            tl.load(u0_ptr + state, mask=ok, other=0.0), tl.load(v0_ptr + state, mask=ok, other=0.0))
+
+
+@triton.jit
+def _store_sums(gw_ptr, gb_ptr, u_end_ptr, v_end_ptr, state, ok, sum_w, sum_b, u, v):
+    """A stream's Σ g_h·y and Σ g_h (γ's and β's gradients) and its end control state."""
+    tl.store(gw_ptr + state, sum_w, mask=ok)
+    tl.store(gb_ptr + state, sum_b, mask=ok)
+    tl.store(u_end_ptr + state, u, mask=ok)
+    tl.store(v_end_ptr + state, v, mask=ok)
+
+
+@triton.jit
 def _track_kernel(mean_ptr, var_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, centre_ptr, scale_ptr, shift_ptr,
                   mu_end_ptr, var_end_ptr, channels, length, sp, sc, sl, alpha, eps,
                   AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
@@ -215,12 +239,7 @@ def _track_kernel(mean_ptr, var_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, centre_ptr
     state = p * channels + c
     mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
     var = tl.load(var0_ptr + state, mask=ok, other=1.0)
-    if AFFINE:
-        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
-        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
-    else:
-        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
-        beta = tl.zeros([BLOCK_C], tl.float32)
+    gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha
     off = p.to(tl.int64) * sp + c.to(tl.int64) * sc
     for _ in tl.range(0, length, num_stages=STAGES):
@@ -263,16 +282,8 @@ def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu0_ptr, var0_ptr,
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < channels
     state = p * channels + c
-    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
-    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
-    u = tl.load(u0_ptr + state, mask=ok, other=0.0)
-    v = tl.load(v0_ptr + state, mask=ok, other=0.0)
-    if AFFINE:
-        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
-        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
-    else:
-        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
-        beta = tl.zeros([BLOCK_C], tl.float32)
+    mu, var, u, v = _stream_state(mu0_ptr, var0_ptr, u0_ptr, v0_ptr, state, ok)
+    gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
     k = 1.0 - alpha_bkw
     sum_w = tl.zeros([BLOCK_C], tl.float32)
@@ -321,10 +332,7 @@ def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu0_ptr, var0_ptr,
         var = alpha_fwd * var + keep * vx + alpha_fwd * keep * delta * delta
         mu += keep * delta
         off += sl
-    tl.store(gw_ptr + state, sum_w, mask=ok)
-    tl.store(gb_ptr + state, sum_b, mask=ok)
-    tl.store(u_end_ptr + state, u, mask=ok)
-    tl.store(v_end_ptr + state, v, mask=ok)
+    _store_sums(gw_ptr, gb_ptr, u_end_ptr, v_end_ptr, state, ok, sum_w, sum_b, u, v)
 
 
 @triton.jit
@@ -339,12 +347,7 @@ def _d1_forward_kernel(x_ptr, out_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, mu_end_p
     state = p * channels + c
     mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
     var = tl.load(var0_ptr + state, mask=ok, other=1.0)
-    if AFFINE:
-        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
-        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
-    else:
-        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
-        beta = tl.zeros([BLOCK_C], tl.float32)
+    gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha
     x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc
     o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc
@@ -373,16 +376,8 @@ def _d1_backward_kernel(x_ptr, g_ptr, gx_ptr, mu0_ptr, var0_ptr, u0_ptr, v0_ptr,
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < channels
     state = p * channels + c
-    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
-    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
-    u = tl.load(u0_ptr + state, mask=ok, other=0.0)
-    v = tl.load(v0_ptr + state, mask=ok, other=0.0)
-    if AFFINE:
-        gamma = tl.load(w_ptr + c, mask=ok, other=0.0)
-        beta = tl.load(b_ptr + c, mask=ok, other=0.0)
-    else:
-        gamma = tl.full([BLOCK_C], 1.0, tl.float32)
-        beta = tl.zeros([BLOCK_C], tl.float32)
+    mu, var, u, v = _stream_state(mu0_ptr, var0_ptr, u0_ptr, v0_ptr, state, ok)
+    gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
     k = 1.0 - alpha_bkw
     sum_w = tl.zeros([BLOCK_C], tl.float32)
@@ -415,10 +410,7 @@ def _d1_backward_kernel(x_ptr, g_ptr, gx_ptr, mu0_ptr, var0_ptr, u0_ptr, v0_ptr,
         x_off += sxl
         g_off += sgl
         o_off += sol
-    tl.store(gw_ptr + state, sum_w, mask=ok)
-    tl.store(gb_ptr + state, sum_b, mask=ok)
-    tl.store(u_end_ptr + state, u, mask=ok)
-    tl.store(v_end_ptr + state, v, mask=ok)
+    _store_sums(gw_ptr, gb_ptr, u_end_ptr, v_end_ptr, state, ok, sum_w, sum_b, u, v)
 
 
 # --------------------------------------------------------------------------- launch helpers
