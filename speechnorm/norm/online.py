@@ -228,3 +228,52 @@ def _online_over_time(num_features: int, **kwargs) -> OnlineNorm:
     if kwargs["stream_axis"] != "time":
         raise ValueError("make_norm('online') normalizes sequences over time; build OnlineNorm directly for the batch axis")
     return OnlineNorm(num_features, **kwargs)
+
+
+@register_norm(
+    "online_shared",
+    streaming="eval only",
+    summary="Online Norm with statistics shared by the batch's streams, time-major (the paper's recurrent setting); "
+            "frozen in eval",
+)
+class SharedOnlineNorm(OnlineNorm):
+    """Online Norm as the paper runs it inside recurrent cells: one stream of samples per feature,
+    shared by every sequence of the batch.
+
+    Training: the (B, C, T[, F]) input is read as one stream of T·B samples in time-major order
+    (frame 0 of every batch element, then frame 1, ...) and normalized by ``OnlineNorm`` on its
+    batch axis: μ, σ² and the control state (u, v) are shared by the batch's sequences and carried
+    across training steps, with the paper's recurrent decays (α_f = 8191/8192, α_b = 31/32 per
+    sample). Causal in time, but a sequence's output depends on the other sequences of its batch,
+    so it does not stream in training. Eval: the frozen statistics (the paper's inference), so a
+    deployed model is frame-local and stateless, like a BatchNorm one. What it costs is the gap
+    between the statistics a sample was normalized with in training and the frozen ones it meets
+    in inference; the per-stream setting (``online``) has none.
+    """
+
+    def __init__(self, num_features: int, alpha_fwd: float = 8191 / 8192, alpha_bkw: float = 31 / 32,
+                 eps: float = 1e-5, affine: bool = True, ecm: str | None = "ls"):
+        super().__init__(num_features, alpha_fwd, alpha_bkw, eps, affine, ecm, stream_axis="batch")
+
+    @property
+    def streamable(self) -> bool:
+        return not self.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_sequence(x)
+        frames = x if x.dim() == 4 else x.unsqueeze(-1)  # (B, C, T, F)
+        batch, channels, length, width = frames.shape
+        samples = frames.permute(2, 0, 1, 3).reshape(length * batch, channels, width)  # time-major
+        out = self._forward_batch_axis(samples).reshape(length, batch, channels, width).permute(1, 2, 0, 3)
+        return out if x.dim() == 4 else out[..., 0]
+
+    def state_spec(self) -> dict[str, StateSpec]:
+        """None: in eval the statistics are frozen, so every frame is normalized on its own."""
+        self.require_streamable()
+        return {}
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return SequenceNorm.step(self, x_t, state)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, shared by the batch's sequences, time-major"

@@ -211,3 +211,38 @@ def test_reset_running_stats_restarts_the_stream():
     layer.reset_running_stats()
     assert torch.equal(layer.running_mean, torch.zeros(3)) and torch.equal(layer.running_var, torch.ones(3))
     assert torch.equal(layer.control, torch.zeros(2, 3))
+
+
+def test_shared_statistics_setting_is_the_batch_axis_over_a_time_major_stream():
+    """``online_shared``: the batch's sequences form one stream of T·B samples, frame by frame;
+    training computes the paper's layer on it (against the reference loop), and eval is frame-local
+    with the frozen statistics, so it streams exactly."""
+    from reference import online_norm as ref
+    from speechnorm.norm import make_norm
+
+    norm = ref.randomize(make_norm("online_shared", 5))
+    mu0, var0, control0 = norm.running_mean.clone(), norm.running_var.clone(), norm.control.clone()
+    for shape in ((3, 5, 7, 4), (2, 5, 6)):
+        x = (torch.randn(shape) * 2 + 1).requires_grad_(True)
+        grad = torch.randn(shape)
+        out = norm(x)
+        out.backward(grad)
+
+        def stream(t):
+            frames = t if t.dim() == 4 else t.unsqueeze(-1)
+            return frames.permute(2, 0, 1, 3).reshape(-1, 5, frames.shape[-1])
+
+        want = ref.layer(stream(x.detach()), stream(grad), mu=mu0, var=var0, u=control0[0], v=control0[1],
+                         weight=norm.weight, bias=norm.bias, ecm="ls", alpha_fwd=norm.alpha_fwd,
+                         alpha_bkw=norm.alpha_bkw, eps=norm.eps)
+        torch.testing.assert_close(stream(out.detach()).double(), want["out"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(stream(x.grad).double(), want["grad_x"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(norm.running_mean.double(), want["mu"], atol=1e-6, rtol=1e-6)
+        mu0, var0 = norm.running_mean.clone(), norm.running_var.clone()
+        control0 = norm.control.clone()
+        norm.weight.grad = norm.bias.grad = None
+    assert not norm.streamable
+    norm.eval()
+    x = torch.randn(2, 5, 6, 4)
+    frames = torch.stack([norm.step(x[:, :, t], {})[0] for t in range(6)], dim=2)
+    torch.testing.assert_close(frames, norm(x))
