@@ -28,8 +28,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def sample(width: int, dtype: torch.dtype) -> torch.Tensor:
-    if width == 1:  # a GRU's output, (T, B, C) seen as (B, C, T)
-        return torch.randn(50, 4, 64).permute(1, 2, 0).to(dtype)
+    if width == 1:  # a GRU's output, (T, B, C) seen as (B, C, T), the recipe's T = 200
+        return torch.randn(200, 4, 64).permute(1, 2, 0).to(dtype)
     return torch.randn(2, 16, 20, width).to(dtype)
 
 

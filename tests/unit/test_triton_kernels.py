@@ -158,3 +158,38 @@ def test_layer_scaling_refuses_more_features_than_one_program_holds(ops):
     with pytest.raises(ValueError, match="at most"):
         ops.lane_blocks(ops.MAX_LANES + 1, True)
     assert ops.lane_blocks(ops.MAX_LANES + 1, False)[1] > 1  # without layer scaling, features split
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+@pytest.mark.parametrize(("shape", "kind"), [((2, 5, 23), "time_first"), ((3, 4, 20), "strided"), ((1, 6, 9), "contiguous")])
+@pytest.mark.parametrize("ecm", ["ls", None])
+def test_time_parallel_chunks_match_reference(monkeypatch, ops, chunk, shape, kind, ecm):
+    """D = 1 runs each (stream, chunk of frames) as its own program, from the μ, σ², u, v the chunk
+    starts with (summarized per chunk, then walked across chunks): any chunking gives the loop's result."""
+    monkeypatch.setattr(ops, "CHUNK", chunk)
+    assert ops.time_chunks(shape[2], shape[0]) == (min(chunk, shape[2]), -(-shape[2] // min(chunk, shape[2])))
+    layer = ref.randomize(OnlineNorm(shape[1], alpha_fwd=0.8, alpha_bkw=0.7, ecm=ecm, stream_axis="time"))
+    before = layer.running_mean.clone(), layer.running_var.clone()
+    x, grad_out = ref.laid_out(shape, kind), torch.randn(shape)
+    x, out = run_call(layer, x, grad_out)
+    ref.assert_call_matches(layer, x, out, ref.expected_call(layer, x, grad_out, *before), **TOL)
+
+
+def test_time_parallel_chunks_keep_offset_features_exact(monkeypatch, ops):
+    """Chunk summaries are centred on each chunk's first sample: features 500 away from the
+    statistics they start from lose no digits across chunk boundaries."""
+    monkeypatch.setattr(ops, "CHUNK", 4)
+    layer = OnlineNorm(3, alpha_fwd=0.9, alpha_bkw=0.8, stream_axis="time")
+    before = layer.running_mean.clone(), layer.running_var.clone()
+    x = torch.randn(2, 3, 30) * 0.5 + 500.0
+    grad_out = torch.randn_like(x)
+    x, out = run_call(layer, x, grad_out)
+    ref.assert_call_matches(layer, x, out, ref.expected_call(layer, x, grad_out, *before), atol=1e-3, rtol=2e-3)
+
+
+def test_time_chunks_fill_the_device(ops):
+    assert ops.time_chunks(10, 8) == (10, 1)  # short streams: one chunk, no summary passes
+    chunk, chunks = ops.time_chunks(200, 8)  # the TAC-GRU's GRU norms in training: 7x the programs
+    assert chunks == 7 and chunk == 32
+    chunk, chunks = ops.time_chunks(2000, 16)
+    assert chunks * 16 >= 256 and chunk * chunks >= 2000

@@ -47,11 +47,16 @@ KERNELS = {
     "grad_affine_flat": (ops._grad_affine_flat_kernel, ("g_ptr", "x_ptr", "out_ptr"), (), False),
     "track": (ops._track_kernel, (), ("sl",), True),
     "control": (ops._control_kernel, (), ("sl",), True),
+    "d1_tracking_summary": (ops._d1_tracking_summary_kernel, ("x_ptr",), ("sxc",), True),
+    "tracking_entry": (ops._tracking_entry_kernel, (), (), True),
     "d1_forward": (ops._d1_forward_kernel, ("x_ptr", "out_ptr"), ("sxc", "soc"), True),
+    "d1_control_summary": (ops._d1_control_summary_kernel, ("x_ptr", "g_ptr"), ("sxc", "sgc"), True),
+    "control_entry": (ops._control_entry_kernel, (), (), True),
     "d1_backward": (ops._d1_backward_kernel, ("x_ptr", "g_ptr", "gx_ptr"), ("sxc", "sgc", "soc"), True),
 }
 ROW_KERNELS = ("moments", "grad_moments", "affine_rows", "affine_flat", "grad_affine_rows", "grad_affine_flat")
-FLOATS = ("alpha", "eps", "alpha_fwd", "alpha_bkw")
+FLOATS = ("alpha", "eps", "alpha_fwd", "alpha_bkw", "log_alpha")
+SUMMARY = ("d1_tracking_summary", "tracking_entry", "control_entry")  # no layer scaling: lanes split
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ def _launch_config(kernel: str, size: int, layer_scaling: bool) -> tuple[dict, t
     if kernel in ROW_KERNELS:
         block_r, block_d = ops.row_blocks(size)
         return {"BLOCK_R": block_r, "BLOCK_D": block_d, "STAGES": ops.STAGES}, (block_r, block_d), 4
+    if kernel in SUMMARY:
+        block_c, _, warps = ops.lane_blocks(size, False)
+        return {"BLOCK_C": block_c, "STAGES": ops.STAGES}, (block_c,), warps
     block_c, _, warps = ops.lane_blocks(size, layer_scaling)
     return ({"BLOCK_C": block_c, "STAGES": ops.STAGES, "AFFINE": True, "LS": layer_scaling}, (block_c,), warps)
 

@@ -22,9 +22,15 @@ paper's control process u, v, in one loop; it also sums γ's and β's gradients)
 per-sample moments; nothing else.
 
 One-component samples (D = 1: recurrent and fully connected features, (P, C, L)) have no
-reduction to do, so each direction is a single kernel (``_d1_forward_kernel``,
-``_d1_backward_kernel``): one read of x and one write of the output forward; one read of x and g
-and one write of ∂L/∂x backward, recomputing μ and σ² on the fly. Saved: x.
+reduction to do, so the layer is the statistics' recurrence itself, run **in parallel over time**:
+the L frames are cut into chunks of 32..256 frames and every (stream, chunk) is a program. A
+summary pass gives each chunk's effect on μ and σ² as a function of the μ it starts from (exact:
+σ²_end is quadratic in it), a small pass walks the chunks in order to give each its starting
+statistics, and the main pass (``_d1_forward_kernel``) normalizes every chunk at once. The
+backward does the same for the control variables u and v (linear in the v a chunk starts from)
+and writes ∂L/∂x (``_d1_backward_kernel``). Forward reads x twice and writes the output;
+backward reads x three times and g twice and writes ∂L/∂x; only x is saved. Short streams take
+one chunk: the plain sequential loop, one kernel each way.
 
 Every loop over time or over a row's chunks is a ``tl.range`` with ``num_stages``, which Triton
 software-pipelines (asynchronous copies) when the addresses are aligned; decays and eps are kernel
@@ -34,6 +40,7 @@ same kernels on the CPU, which is how the tests check them without a GPU.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -44,6 +51,9 @@ from torch import Tensor
 STAGES = 3  # software pipelining depth of every loop
 TILE = 1024  # elements per program in the row and elementwise kernels
 MAX_LANES = 4096  # features one stream's statistics kernel holds (layer scaling needs them all)
+TARGET_PROGRAMS = 512  # (stream, time chunk) programs the time-parallel D = 1 kernels aim for
+CHUNK = None  # frames per time chunk; None: chosen per launch (``time_chunks``)
+MIN_CHUNK = 32
 
 
 def _interpreter_compat() -> None:
@@ -336,22 +346,97 @@ def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu0_ptr, var0_ptr,
 
 
 @triton.jit
-def _d1_forward_kernel(x_ptr, out_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, mu_end_ptr, var_end_ptr, channels, length,
-                       sxp, sxc, sxl, sop, soc, sol, alpha, eps,
-                       AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """One-component samples, one stream per program: out_t = LS(γ (x_t − μ) / sqrt(σ² + ε) + β),
-    then μ += (1 − α) d, σ² = α (σ² + (1 − α) d²)."""
+def _chunk_span(k, chunk, length):
+    """The first frame and the frame count of time chunk ``k``."""
+    t0 = k * chunk
+    return t0, tl.minimum(chunk, length - t0)
+
+
+@triton.jit
+def _d1_tracking_summary_kernel(x_ptr, agg_ptr, channels, length, chunk, chunks, sxp, sxc, sxl, alpha,
+                                BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """Pass 1 of the time-parallel tracking, per (stream, time chunk): the chunk's effect on μ and σ²
+    as a function of the μ it starts from. With r the chunk's first sample and μ̃ the tracking
+    started from r, the true μ_{t-1} = μ̃_{t-1} + α^j (μ_in − r) at the chunk's j-th frame, so
+
+        μ_end  = μ̃_end + α^n δ,    σ²_end = α^n σ²_in + S0 + S1 δ + S2 δ²,    δ = μ_in − r,
+
+    with S0, S1, S2 sums over the chunk (Horner form). Centred on r: no cancellation for offset
+    features. Writes (r, μ̃_end, S0, S1, S2) per lane into agg (P, K, 5, C)."""
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    t0, n = _chunk_span(k, chunk, length)
+    off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
+    r = tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32)
+    keep = 1.0 - alpha
+    weight = alpha * keep
+    mu = r
+    s0 = tl.zeros([BLOCK_C], tl.float32)
+    s1 = tl.zeros([BLOCK_C], tl.float32)
+    s2 = tl.zeros([BLOCK_C], tl.float32)
+    power = tl.full([BLOCK_C], 1.0, tl.float32)
+    for _ in tl.range(0, n, num_stages=STAGES):
+        e = tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32) - mu
+        s0 = alpha * s0 + weight * e * e
+        s1 = alpha * s1 - 2.0 * weight * e * power
+        s2 = alpha * s2 + weight * power * power
+        mu += keep * e
+        power *= alpha
+        off += sxl
+    base = ((p * chunks + k) * 5).to(tl.int64) * channels + c
+    tl.store(agg_ptr + base, r, mask=ok)
+    tl.store(agg_ptr + base + channels, mu, mask=ok)
+    tl.store(agg_ptr + base + 2 * channels, s0, mask=ok)
+    tl.store(agg_ptr + base + 3 * channels, s1, mask=ok)
+    tl.store(agg_ptr + base + 4 * channels, s2, mask=ok)
+
+
+@triton.jit
+def _tracking_entry_kernel(agg_ptr, mu0_ptr, var0_ptr, mu_in_ptr, var_in_ptr, channels, length, chunk, chunks,
+                           log_alpha, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """Pass 2, per stream: walk the chunks in order, giving each the μ and σ² it starts from."""
     p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < channels
-    state = p * channels + c
-    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
-    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
+    mu = tl.load(mu0_ptr + p * channels + c, mask=ok, other=0.0)
+    var = tl.load(var0_ptr + p * channels + c, mask=ok, other=1.0)
+    for k in tl.range(0, chunks, num_stages=STAGES):
+        entry = (p * chunks + k).to(tl.int64) * channels + c
+        tl.store(mu_in_ptr + entry, mu, mask=ok)
+        tl.store(var_in_ptr + entry, var, mask=ok)
+        _, n = _chunk_span(k, chunk, length)
+        decay = tl.exp(n.to(tl.float32) * log_alpha)
+        base = ((p * chunks + k) * 5).to(tl.int64) * channels + c
+        delta = mu - tl.load(agg_ptr + base, mask=ok, other=0.0)
+        s0 = tl.load(agg_ptr + base + 2 * channels, mask=ok, other=0.0)
+        s1 = tl.load(agg_ptr + base + 3 * channels, mask=ok, other=0.0)
+        s2 = tl.load(agg_ptr + base + 4 * channels, mask=ok, other=0.0)
+        var = decay * var + s0 + (s1 + s2 * delta) * delta
+        mu = tl.load(agg_ptr + base + channels, mask=ok, other=0.0) + decay * delta
+
+
+@triton.jit
+def _d1_forward_kernel(x_ptr, out_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr, mu_end_ptr, var_end_ptr, channels, length,
+                       chunk, chunks, sxp, sxc, sxl, sop, soc, sol, alpha, eps,
+                       AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """One-component samples, one (stream, time chunk) per program, from the μ, σ² the chunk starts
+    with: out_t = LS(γ (x_t − μ) / sqrt(σ² + ε) + β), then μ += (1 − α) d, σ² = α (σ² + (1 − α) d²).
+    Writes the chunk's end statistics (the last chunk's are the stream's)."""
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = (p * chunks + k).to(tl.int64) * channels + c
+    mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha
-    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc
-    o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc
-    for _ in tl.range(0, length, num_stages=STAGES):
+    t0, n = _chunk_span(k, chunk, length)
+    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
+    o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc + t0.to(tl.int64) * sol
+    for _ in tl.range(0, n, num_stages=STAGES):
         x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
         d = x - mu
         h = gamma * d / tl.sqrt(var + eps) + beta
@@ -367,44 +452,124 @@ def _d1_forward_kernel(x_ptr, out_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, mu_end_p
 
 
 @triton.jit
-def _d1_backward_kernel(x_ptr, g_ptr, gx_ptr, mu0_ptr, var0_ptr, u0_ptr, v0_ptr, w_ptr, b_ptr, gw_ptr, gb_ptr,
-                        u_end_ptr, v_end_ptr, channels, length, sxp, sxc, sxl, sgp, sgc, sgl, sop, soc, sol,
-                        alpha_fwd, alpha_bkw, eps,
-                        AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """The backward of ``_d1_forward_kernel`` from x and g alone, in forward order."""
+def _d1_gradient(x, g, mu, var, gamma, beta, ok, channels, eps, LS: tl.constexpr):
+    """One frame of the D = 1 backward before the control process: y, inv_std and g_h (layer
+    scaling's exact gradient, g_h = (g − mean_c(g·out) out) / s with out = h / s)."""
+    inv_std = 1.0 / tl.sqrt(var + eps)
+    y = (x - mu) * inv_std
+    if LS:
+        h = gamma * y + beta
+        inv_s = 1.0 / tl.sqrt(tl.sum(tl.where(ok, h * h, 0.0), axis=0) / channels + eps)
+        proj = tl.sum(tl.where(ok, g * h, 0.0), axis=0) * inv_s * inv_s / channels
+        gh = (g - proj * h) * inv_s
+    else:
+        gh = g
+    return y, inv_std, gh
+
+
+@triton.jit
+def _d1_control_summary_kernel(x_ptr, g_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr, agg_ptr, channels, length, chunk,
+                               chunks, sxp, sxc, sxl, sgp, sgc, sgl, alpha_fwd, alpha_bkw, eps,
+                               AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """Pass 1 of the time-parallel control process, per (stream, time chunk): v is linear in the v
+    the chunk starts from, v_end = A v_in + Ṽ (A the product of (1 − k y²)), and u in both,
+    u_end = α_b^n u_in + U0 + U1 v_in. Writes (A, Ṽ, U0, U1) per lane into agg (P, K, 4, C)."""
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = (p * chunks + k).to(tl.int64) * channels + c
+    mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
+    gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
+    keep = 1.0 - alpha_fwd
+    kb = 1.0 - alpha_bkw
+    t0, n = _chunk_span(k, chunk, length)
+    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
+    g_off = p.to(tl.int64) * sgp + c.to(tl.int64) * sgc + t0.to(tl.int64) * sgl
+    a = tl.full([BLOCK_C], 1.0, tl.float32)
+    v = tl.zeros([BLOCK_C], tl.float32)
+    u0 = tl.zeros([BLOCK_C], tl.float32)
+    u1 = tl.zeros([BLOCK_C], tl.float32)
+    for _ in tl.range(0, n, num_stages=STAGES):
+        x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + g_off, mask=ok, other=0.0).to(tl.float32)
+        y, inv_std, gh = _d1_gradient(x, g, mu, var, gamma, beta, ok, channels, eps, LS)
+        # u_t = α_b u_{t-1} + inv_std (γ g_h − k y v_{t-1}),  v_{t-1} = a v_in + v
+        u0 = alpha_bkw * u0 + inv_std * (gamma * gh - kb * y * v)
+        u1 = alpha_bkw * u1 - inv_std * kb * y * a
+        step = 1.0 - kb * y * y
+        v = step * v + gamma * gh * y
+        a *= step
+        d = x - mu
+        mu += keep * d
+        var = alpha_fwd * (var + keep * d * d)
+        x_off += sxl
+        g_off += sgl
+    base = ((p * chunks + k) * 4).to(tl.int64) * channels + c
+    tl.store(agg_ptr + base, a, mask=ok)
+    tl.store(agg_ptr + base + channels, v, mask=ok)
+    tl.store(agg_ptr + base + 2 * channels, u0, mask=ok)
+    tl.store(agg_ptr + base + 3 * channels, u1, mask=ok)
+
+
+@triton.jit
+def _control_entry_kernel(agg_ptr, u0_ptr, v0_ptr, u_in_ptr, v_in_ptr, channels, length, chunk, chunks, log_alpha,
+                          BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """Pass 2 of the control process, per stream: each chunk's starting u and v."""
     p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < channels
-    state = p * channels + c
-    mu, var, u, v = _stream_state(mu0_ptr, var0_ptr, u0_ptr, v0_ptr, state, ok)
+    u = tl.load(u0_ptr + p * channels + c, mask=ok, other=0.0)
+    v = tl.load(v0_ptr + p * channels + c, mask=ok, other=0.0)
+    for k in tl.range(0, chunks, num_stages=STAGES):
+        entry = (p * chunks + k).to(tl.int64) * channels + c
+        tl.store(u_in_ptr + entry, u, mask=ok)
+        tl.store(v_in_ptr + entry, v, mask=ok)
+        _, n = _chunk_span(k, chunk, length)
+        base = ((p * chunks + k) * 4).to(tl.int64) * channels + c
+        a = tl.load(agg_ptr + base, mask=ok, other=1.0)
+        u = (tl.exp(n.to(tl.float32) * log_alpha) * u + tl.load(agg_ptr + base + 2 * channels, mask=ok, other=0.0)
+             + tl.load(agg_ptr + base + 3 * channels, mask=ok, other=0.0) * v)
+        v = a * v + tl.load(agg_ptr + base + channels, mask=ok, other=0.0)
+
+
+@triton.jit
+def _d1_backward_kernel(x_ptr, g_ptr, gx_ptr, mu_in_ptr, var_in_ptr, u_in_ptr, v_in_ptr, w_ptr, b_ptr, gw_ptr, gb_ptr,
+                        u_end_ptr, v_end_ptr, channels, length, chunk, chunks, sxp, sxc, sxl, sgp, sgc, sgl, sop, soc,
+                        sol, alpha_fwd, alpha_bkw, eps,
+                        AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+    """The backward of ``_d1_forward_kernel`` from x and g alone, one (stream, time chunk) per
+    program from the μ, σ², u, v the chunk starts with, in forward order: the control process
+        z = γ g_h − k v y,  v += z y,  x' = z / sqrt(σ² + ε) − k u,  u += x'.
+    Writes ∂L/∂x, the chunk's Σ g_h·y and Σ g_h, and its end (u, v)."""
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = (p * chunks + k).to(tl.int64) * channels + c
+    mu, var, u, v = _stream_state(mu_in_ptr, var_in_ptr, u_in_ptr, v_in_ptr, state, ok)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
-    k = 1.0 - alpha_bkw
+    kb = 1.0 - alpha_bkw
     sum_w = tl.zeros([BLOCK_C], tl.float32)
     sum_b = tl.zeros([BLOCK_C], tl.float32)
-    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc
-    g_off = p.to(tl.int64) * sgp + c.to(tl.int64) * sgc
-    o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc
-    for _ in tl.range(0, length, num_stages=STAGES):
+    t0, n = _chunk_span(k, chunk, length)
+    x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
+    g_off = p.to(tl.int64) * sgp + c.to(tl.int64) * sgc + t0.to(tl.int64) * sgl
+    o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc + t0.to(tl.int64) * sol
+    for _ in tl.range(0, n, num_stages=STAGES):
         x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + g_off, mask=ok, other=0.0).to(tl.float32)
-        d = x - mu
-        inv_std = 1.0 / tl.sqrt(var + eps)
-        y = d * inv_std
-        if LS:  # g_h = (g − mean_c(g·out) out) / s, out = h / s
-            h = gamma * y + beta
-            inv_s = 1.0 / tl.sqrt(tl.sum(tl.where(ok, h * h, 0.0), axis=0) / channels + eps)
-            proj = tl.sum(tl.where(ok, g * h, 0.0), axis=0) * inv_s * inv_s / channels
-            gh = (g - proj * h) * inv_s
-        else:
-            gh = g
+        y, inv_std, gh = _d1_gradient(x, g, mu, var, gamma, beta, ok, channels, eps, LS)
         sum_w += gh * y
         sum_b += gh
-        z = gamma * gh - k * v * y
+        z = gamma * gh - kb * v * y
         v += z * y
-        xp = z * inv_std - k * u
+        xp = z * inv_std - kb * u
         u += xp
         tl.store(gx_ptr + o_off, xp.to(gx_ptr.dtype.element_ty), mask=ok)
+        d = x - mu
         mu += keep * d
         var = alpha_fwd * (var + keep * d * d)
         x_off += sxl
@@ -423,6 +588,19 @@ def row_blocks(width: int) -> tuple[int, int]:
     else:
         block_d = min((128, 64, 32, 16), key=lambda b: (-(-width // b) * b - width) / width + (0.02 if b < 32 else 0))
     return max(1, TILE // block_d), block_d
+
+
+def time_chunks(length: int, streams: int) -> tuple[int, int]:
+    """(frames per chunk, chunks) of the time-parallel D = 1 kernels: enough (stream, chunk)
+    programs to fill a GPU (about ``TARGET_PROGRAMS``), chunks of 32..256 frames (shorter chunks
+    would move more summary state than data); one chunk (the plain sequential loop, no summary
+    passes) when the stream is short. ``CHUNK`` forces it."""
+    if CHUNK is not None:
+        chunk = CHUNK
+    else:
+        chunk = min(256, max(MIN_CHUNK, triton.next_power_of_2(triton.cdiv(length * max(streams, 1), TARGET_PROGRAMS))))
+    chunk = max(1, min(chunk, length))
+    return chunk, triton.cdiv(length, chunk)
 
 
 def lane_blocks(channels: int, layer_scaling: bool) -> tuple[int, int, int]:
@@ -564,37 +742,79 @@ def backward(x4: Tensor, g4: Tensor, mean: Tensor, var: Tensor, weight, bias, mu
 
 
 # --------------------------------------------------------------------------- the layer, D = 1
+def _entry_states(x: Tensor, mu0: Tensor, var0: Tensor, alpha: float, chunk: int, chunks: int):
+    """The μ and σ² every time chunk of every stream starts from, (P, K, C) float32: the tracking
+    summarized per chunk in parallel, then walked across the chunks (one chunk: the start state)."""
+    streams, channels, length = x.shape
+    mu_in = torch.empty(streams, chunks, channels, device=x.device, dtype=torch.float32)
+    var_in = torch.empty_like(mu_in)
+    if chunks == 1:
+        mu_in[:, 0].copy_(mu0.expand(streams, channels))
+        var_in[:, 0].copy_(var0.expand(streams, channels))
+        return mu_in, var_in
+    block, programs, warps = lane_blocks(channels, False)
+    summary = torch.empty(streams, chunks, 5, channels, device=x.device, dtype=torch.float32)
+    _d1_tracking_summary_kernel[(streams, chunks, programs)](
+        x, summary, channels, length, chunk, chunks, *x.stride(), float(alpha), BLOCK_C=block, STAGES=STAGES,
+        num_warps=warps)
+    _tracking_entry_kernel[(streams, programs)](
+        summary, _state(mu0, streams, channels), _state(var0, streams, channels), mu_in, var_in, channels, length,
+        chunk, chunks, math.log(alpha), BLOCK_C=block, STAGES=STAGES, num_warps=warps)
+    return mu_in, var_in
+
+
 def forward_d1(x: Tensor, weight, bias, mu0: Tensor, var0: Tensor, alpha: float, eps: float, layer_scaling: bool):
     """``cpu_d1.forward_d1`` on the GPU: x (P, C, L) any strides -> out (x's dtype and memory
-    order), μ, σ² (P, C) float32. NaN/inf reach μ and σ², where ``speechnorm.norm.finite`` checks."""
+    order), μ, σ² (P, C) float32. Time-parallel: each (stream, chunk of frames) is a program,
+    started from the statistics ``_entry_states`` gives it. NaN/inf reach μ and σ², where
+    ``speechnorm.norm.finite`` checks."""
     streams, channels, length = x.shape
     out = _like(x, x.dtype)
-    mu_end = torch.empty(streams, channels, device=x.device, dtype=torch.float32)
-    var_end = torch.empty_like(mu_end)
-    gamma, beta, affine = _params(weight, bias, mu_end)
+    if not (streams and channels and length):
+        return out, _state(mu0, streams, channels), _state(var0, streams, channels)
+    chunk, chunks = time_chunks(length, streams)
+    mu_in, var_in = _entry_states(x, mu0, var0, alpha, chunk, chunks)
+    mu_end, var_end = torch.empty_like(mu_in), torch.empty_like(var_in)
+    gamma, beta, affine = _params(weight, bias, mu_in)
     block_c, programs, warps = lane_blocks(channels, layer_scaling)
-    if streams and channels:
-        _d1_forward_kernel[(streams, programs)](
-            x, out, _state(mu0, streams, channels), _state(var0, streams, channels), gamma, beta, mu_end, var_end,
-            channels, length, *x.stride(), *out.stride(), float(alpha), float(eps),
-            AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
-    return out, mu_end, var_end
+    _d1_forward_kernel[(streams, chunks, programs)](
+        x, out, mu_in, var_in, gamma, beta, mu_end, var_end, channels, length, chunk, chunks, *x.stride(),
+        *out.stride(), float(alpha), float(eps),
+        AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    return out, mu_end[:, -1], var_end[:, -1]
 
 
 def backward_d1(x: Tensor, grad_out: Tensor, weight, bias, mu0: Tensor, var0: Tensor, u0: Tensor, v0: Tensor,
                 alpha_fwd: float, alpha_bkw: float, eps: float, layer_scaling: bool):
-    """``cpu_d1.backward_d1`` on the GPU: ∂L/∂x (x's dtype), Σ_t g_h·y and Σ_t g_h (P, C), (u, v)."""
+    """``cpu_d1.backward_d1`` on the GPU: ∂L/∂x (x's dtype), Σ_t g_h·y and Σ_t g_h (P, C), (u, v).
+    Time-parallel like the forward: the chunks' starting μ, σ² again (from x), then u, v
+    summarized per chunk and walked across the chunks, then every chunk's gradient at once."""
     streams, channels, length = x.shape
     grad_x = _like(x, x.dtype)
-    sums = torch.empty(4, streams, channels, device=x.device, dtype=torch.float32)
-    gamma, beta, affine = _params(weight, bias, sums[0])
+    if not (streams and channels and length):
+        zeros = torch.zeros(streams, channels, device=x.device, dtype=torch.float32)
+        return grad_x, zeros, zeros.clone(), _state(u0, streams, channels), _state(v0, streams, channels)
+    chunk, chunks = time_chunks(length, streams)
+    mu_in, var_in = _entry_states(x, mu0, var0, alpha_fwd, chunk, chunks)
+    gamma, beta, affine = _params(weight, bias, mu_in)
     block_c, programs, warps = lane_blocks(channels, layer_scaling)
-    if streams and channels:
-        _d1_backward_kernel[(streams, programs)](
-            x, grad_out, grad_x, *(_state(s, streams, channels) for s in (mu0, var0, u0, v0)), gamma, beta,
-            sums[0], sums[1], sums[2], sums[3], channels, length, *x.stride(), *grad_out.stride(), *grad_x.stride(),
-            float(alpha_fwd), float(alpha_bkw), float(eps),
-            AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    u_in, v_in = torch.empty_like(mu_in), torch.empty_like(mu_in)
+    if chunks == 1:
+        u_in[:, 0].copy_(u0.expand(streams, channels))
+        v_in[:, 0].copy_(v0.expand(streams, channels))
     else:
-        sums.zero_()
-    return grad_x, sums[0], sums[1], sums[2], sums[3]
+        summary = torch.empty(streams, chunks, 4, channels, device=x.device, dtype=torch.float32)
+        _d1_control_summary_kernel[(streams, chunks, programs)](
+            x, grad_out, mu_in, var_in, gamma, beta, summary, channels, length, chunk, chunks, *x.stride(),
+            *grad_out.stride(), float(alpha_fwd), float(alpha_bkw), float(eps),
+            AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+        entry_block, entry_programs, entry_warps = lane_blocks(channels, False)
+        _control_entry_kernel[(streams, entry_programs)](
+            summary, _state(u0, streams, channels), _state(v0, streams, channels), u_in, v_in, channels, length,
+            chunk, chunks, math.log(alpha_bkw), BLOCK_C=entry_block, STAGES=STAGES, num_warps=entry_warps)
+    sums = torch.empty(4, streams, chunks, channels, device=x.device, dtype=torch.float32)
+    _d1_backward_kernel[(streams, chunks, programs)](
+        x, grad_out, grad_x, mu_in, var_in, u_in, v_in, gamma, beta, sums[0], sums[1], sums[2], sums[3], channels,
+        length, chunk, chunks, *x.stride(), *grad_out.stride(), *grad_x.stride(), float(alpha_fwd), float(alpha_bkw),
+        float(eps), AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    return grad_x, sums[0].sum(dim=1), sums[1].sum(dim=1), sums[2][:, -1], sums[3][:, -1]
