@@ -160,19 +160,27 @@ def test_layer_scaling_refuses_more_features_than_one_program_holds(ops):
     assert ops.lane_blocks(ops.MAX_LANES + 1, False)[1] > 1  # without layer scaling, features split
 
 
+CHUNKED = [("time", (2, 5, 23), "time_first"), ("time", (3, 4, 20), "strided"), ("time", (1, 6, 9), "contiguous"),
+           ("time", (2, 5, 23, 7), "contiguous"), ("time", (2, 4, 20, 9), "features_inner"),
+           ("time", (2, 3, 17, 5), "strided"), ("batch", (23, 4, 5), "contiguous"), ("batch", (19, 6), "contiguous")]
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
-@pytest.mark.parametrize(("shape", "kind"), [((2, 5, 23), "time_first"), ((3, 4, 20), "strided"), ((1, 6, 9), "contiguous")])
+@pytest.mark.parametrize(("axis", "shape", "kind"), CHUNKED)
 @pytest.mark.parametrize("ecm", ["ls", None])
-def test_time_parallel_chunks_match_reference(monkeypatch, ops, chunk, shape, kind, ecm):
-    """D = 1 runs each (stream, chunk of frames) as its own program, from the μ, σ², u, v the chunk
-    starts with (summarized per chunk, then walked across chunks): any chunking gives the loop's result."""
+def test_time_parallel_chunks_match_reference(monkeypatch, ops, chunk, axis, shape, kind, ecm):
+    """Each (stream, chunk of samples) is its own program, from the μ, σ², u, v the chunk starts
+    with (summarized per chunk, then walked across chunks), for D = 1 and D > 1 and both stream
+    axes: any chunking gives the loop's result."""
     monkeypatch.setattr(ops, "CHUNK", chunk)
-    assert ops.time_chunks(shape[2], shape[0]) == (min(chunk, shape[2]), -(-shape[2] // min(chunk, shape[2])))
-    layer = ref.randomize(OnlineNorm(shape[1], alpha_fwd=0.8, alpha_bkw=0.7, ecm=ecm, stream_axis="time"))
-    before = layer.running_mean.clone(), layer.running_var.clone()
+    length = shape[2] if axis == "time" else shape[0]
+    assert ops.time_chunks(length, 1) == (min(chunk, length), -(-length // min(chunk, length)))
+    layer = ref.randomize(OnlineNorm(shape[1], alpha_fwd=0.8, alpha_bkw=0.7, ecm=ecm, stream_axis=axis))
+    before = layer.running_mean.clone(), layer.running_var.clone(), layer.control.clone()
     x, grad_out = ref.laid_out(shape, kind), torch.randn(shape)
     x, out = run_call(layer, x, grad_out)
-    ref.assert_call_matches(layer, x, out, ref.expected_call(layer, x, grad_out, *before), **TOL)
+    want = ref.expected_call(layer, x, grad_out, *before[:2], before[2] if axis == "batch" else None)
+    ref.assert_call_matches(layer, x, out, want, **TOL)
 
 
 def test_time_parallel_chunks_keep_offset_features_exact(monkeypatch, ops):

@@ -47,7 +47,9 @@ KERNELS = {
     "grad_affine_flat": (ops._grad_affine_flat_kernel, ("g_ptr", "x_ptr", "out_ptr"), (), False),
     "track": (ops._track_kernel, (), ("sl",), True),
     "control": (ops._control_kernel, (), ("sl",), True),
-    "d1_tracking_summary": (ops._d1_tracking_summary_kernel, ("x_ptr",), ("sxc",), True),
+    "rows_control_summary": (ops._rows_control_summary_kernel, (), ("sl",), True),
+    "d1_tracking_summary": (ops._tracking_summary_kernel, ("x_ptr",), ("sxc",), True),
+    "rows_tracking_summary": (ops._tracking_summary_kernel, (), ("sxl",), True),
     "tracking_entry": (ops._tracking_entry_kernel, (), (), True),
     "d1_forward": (ops._d1_forward_kernel, ("x_ptr", "out_ptr"), ("sxc", "soc"), True),
     "d1_control_summary": (ops._d1_control_summary_kernel, ("x_ptr", "g_ptr"), ("sxc", "sgc"), True),
@@ -56,7 +58,7 @@ KERNELS = {
 }
 ROW_KERNELS = ("moments", "grad_moments", "affine_rows", "affine_flat", "grad_affine_rows", "grad_affine_flat")
 FLOATS = ("alpha", "eps", "alpha_fwd", "alpha_bkw", "log_alpha")
-SUMMARY = ("d1_tracking_summary", "tracking_entry", "control_entry")  # no layer scaling: lanes split
+SUMMARY = ("d1_tracking_summary", "rows_tracking_summary", "tracking_entry", "control_entry")  # no layer scaling: lanes split
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Report:
     vector_loads: int
     pipelined: bool
     has_loop: bool
+    reads_data: bool  # reads x or g (the big tensors), not only per-sample statistics
 
 
 def _jit(kernel):
@@ -93,7 +96,10 @@ def _launch_config(kernel: str, size: int, layer_scaling: bool) -> tuple[dict, t
         return {"BLOCK_R": block_r, "BLOCK_D": block_d, "STAGES": ops.STAGES}, (block_r, block_d), 4
     if kernel in SUMMARY:
         block_c, _, warps = ops.lane_blocks(size, False)
-        return {"BLOCK_C": block_c, "STAGES": ops.STAGES}, (block_c,), warps
+        constexprs = {"BLOCK_C": block_c, "STAGES": ops.STAGES}
+        if kernel.endswith("tracking_summary"):  # x itself (D = 1) or the per-sample mean and variance
+            constexprs["HAS_VAR"] = kernel.startswith("rows")
+        return constexprs, (block_c,), warps
     block_c, _, warps = ops.lane_blocks(size, layer_scaling)
     return ({"BLOCK_C": block_c, "STAGES": ops.STAGES, "AFFINE": True, "LS": layer_scaling}, (block_c,), warps)
 
@@ -128,7 +134,7 @@ def compile_kernel(kernel: str, dtype: str, target: str, size: int, aligned: boo
     copies = [int(size, 0) for size in re.findall(r"cp\.async\.c[ag]\.shared\.global[^;]*?,\s*(0x[0-9a-fA-F]+|\d+)\s*[,;]", ptx)]
     vector = sum(1 for op in loads if ".v2" in op or ".v4" in op) + sum(1 for size in copies if size >= 8)
     return Report(kernel, dtype, target, size, aligned or kernel.endswith("_flat"), block, warps, usage["registers"],
-                  usage["stack"], usage["spill"], len(loads) + len(copies), vector, bool(copies), has_loop)
+                  usage["stack"], usage["spill"], len(loads) + len(copies), vector, bool(copies), has_loop, bool(big))
 
 
 def ptxas_usage(ptx: str) -> dict[str, int]:

@@ -238,21 +238,24 @@ def _store_sums(gw_ptr, gb_ptr, u_end_ptr, v_end_ptr, state, ok, sum_w, sum_b, u
 
 
 @triton.jit
-def _track_kernel(mean_ptr, var_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, centre_ptr, scale_ptr, shift_ptr,
-                  mu_end_ptr, var_end_ptr, channels, length, sp, sc, sl, alpha, eps,
+def _track_kernel(mean_ptr, var_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr, centre_ptr, scale_ptr, shift_ptr,
+                  mu_end_ptr, var_end_ptr, channels, length, chunk, chunks, sp, sc, sl, alpha, eps,
                   AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """One stream's tracking process over its L samples (all features as lanes), and every
-    sample's affine map: out = (x − μ_{t-1}) · γ inv_std inv_s + β inv_s."""
+    """The tracking process over one (stream, time chunk) (all features as lanes), from the μ, σ²
+    the chunk starts with, and every sample's affine map: out = (x − μ_{t-1}) · γ inv_std inv_s +
+    β inv_s. Writes the chunk's end statistics (the last chunk's are the stream's)."""
     p = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < channels
-    state = p * channels + c
-    mu = tl.load(mu0_ptr + state, mask=ok, other=0.0)
-    var = tl.load(var0_ptr + state, mask=ok, other=1.0)
+    state = (p * chunks + k).to(tl.int64) * channels + c
+    mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha
-    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc
-    for _ in tl.range(0, length, num_stages=STAGES):
+    t0, n = _chunk_span(k, chunk, length)
+    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc + t0.to(tl.int64) * sl
+    for _ in tl.range(0, n, num_stages=STAGES):
         m = tl.load(mean_ptr + off, mask=ok, other=0.0)
         v = tl.load(var_ptr + off, mask=ok, other=0.0)
         inv_std = 1.0 / tl.sqrt(var + eps)
@@ -276,63 +279,135 @@ def _track_kernel(mean_ptr, var_ptr, mu0_ptr, var0_ptr, w_ptr, b_ptr, centre_ptr
 
 
 @triton.jit
-def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu0_ptr, var0_ptr, u0_ptr, v0_ptr, w_ptr, b_ptr,
+def _rows_gradient(m, vx, s_g, s_gc, mu, var, gamma, beta, ok, channels, width, eps, LS: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """One sample of the D > 1 backward before the control process, from its moments (m, vx) and
+    S_g = Σ g, S_gc = Σ g (x − m): inv_std, δ = m − μ, mean_D y, mean_D y², Σ g_h, Σ g_h·y, and
+    layer scaling's map g_h = cg_ls g + cx_ls (x − μ) + c0_ls.
+    out = inv_s (a (x − μ) + β), a = γ inv_std;  g_h = inv_s g − inv_s² proj (a (x − μ) + β)."""
+    inv_std = 1.0 / tl.sqrt(var + eps)
+    delta = m - mu
+    mean_y = delta * inv_std
+    mean_y2 = (vx + delta * delta) * inv_std * inv_std
+    a = gamma * inv_std
+    s_gd = s_gc + delta * s_g  # Σ g (x − μ_{t-1})
+    if LS:
+        h_mean = a * delta + beta
+        h2 = tl.where(ok, a * a * vx + h_mean * h_mean, 0.0)
+        inv_s = 1.0 / tl.sqrt(tl.sum(h2, axis=0) / channels + eps)
+        g_out = tl.where(ok, inv_s * (a * s_gd + beta * s_g), 0.0)
+        proj = tl.sum(g_out, axis=0) / (channels * width)
+        cg_ls = inv_s + tl.zeros([BLOCK_C], tl.float32)
+        cx_ls = -inv_s * inv_s * proj * a
+        c0_ls = -inv_s * inv_s * proj * beta
+        s_gh = cg_ls * s_g + (cx_ls * delta + c0_ls) * width
+        s_ghd = cg_ls * s_gd + (cx_ls * (vx + delta * delta) + c0_ls * delta) * width
+    else:
+        cg_ls = tl.full([BLOCK_C], 1.0, tl.float32)
+        cx_ls = tl.zeros([BLOCK_C], tl.float32)
+        c0_ls = tl.zeros([BLOCK_C], tl.float32)
+        s_gh = s_g
+        s_ghd = s_gd
+    return inv_std, delta, mean_y, mean_y2, s_gh, inv_std * s_ghd, cg_ls, cx_ls, c0_ls
+
+
+@triton.jit
+def _rows_control_summary_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr,
+                                 agg_ptr, channels, length, chunk, chunks, sp, sc, sl, width, alpha_fwd, alpha_bkw,
+                                 eps, AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr,
+                                 STAGES: tl.constexpr):
+    """``_d1_control_summary_kernel`` for D > 1, from the per-sample moments and gradient sums."""
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = c < channels
+    state = (p * chunks + k).to(tl.int64) * channels + c
+    mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
+    var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
+    gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
+    keep = 1.0 - alpha_fwd
+    kb = 1.0 - alpha_bkw
+    t0, n = _chunk_span(k, chunk, length)
+    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc + t0.to(tl.int64) * sl
+    a_prod = tl.full([BLOCK_C], 1.0, tl.float32)
+    v = tl.zeros([BLOCK_C], tl.float32)
+    u0 = tl.zeros([BLOCK_C], tl.float32)
+    u1 = tl.zeros([BLOCK_C], tl.float32)
+    for _ in tl.range(0, n, num_stages=STAGES):
+        m = tl.load(mean_ptr + off, mask=ok, other=0.0)
+        vx = tl.load(var_ptr + off, mask=ok, other=0.0)
+        s_g = tl.load(sum_g_ptr + off, mask=ok, other=0.0)
+        s_gc = tl.load(sum_gc_ptr + off, mask=ok, other=0.0)
+        inv_std, delta, mean_y, mean_y2, s_gh, s_ghy, _, _, _ = _rows_gradient(
+            m, vx, s_g, s_gc, mu, var, gamma, beta, ok, channels, width, eps, LS, BLOCK_C)
+        a_prod, v, u0, u1 = _control_summary_step(a_prod, v, u0, u1, inv_std, mean_y, mean_y2, gamma * s_gh / width,
+                                                  gamma * s_ghy / width, alpha_bkw, kb)
+        var = alpha_fwd * var + keep * vx + alpha_fwd * keep * delta * delta
+        mu += keep * delta
+        off += sl
+    _store_control_summary(agg_ptr, p, k, chunks, channels, c, ok, a_prod, v, u0, u1)
+
+
+@triton.jit
+def _control_summary_step(a_prod, v, u0, u1, inv_std, mean_y, mean_y2, gy_mean, gyy_mean, alpha_bkw, kb):
+    """One sample of a chunk's control summary (v started from 0 and the product of its decays, u's
+    parts independent of and proportional to the v the chunk starts from):
+        u_t = α_b u_{t-1} + inv_std (mean_D g_y − k mean_D y · v_{t-1}),  v_{t-1} = A v_in + Ṽ,
+        v_t = (1 − k mean_D y²) v_{t-1} + mean_D (g_y y)."""
+    u0 = alpha_bkw * u0 + inv_std * (gy_mean - kb * mean_y * v)
+    u1 = alpha_bkw * u1 - inv_std * kb * mean_y * a_prod
+    step = 1.0 - kb * mean_y2
+    return a_prod * step, step * v + gyy_mean, u0, u1
+
+
+@triton.jit
+def _store_control_summary(agg_ptr, p, k, chunks, channels, c, ok, a_prod, v, u0, u1):
+    base = ((p * chunks + k) * 4).to(tl.int64) * channels + c
+    tl.store(agg_ptr + base, a_prod, mask=ok)
+    tl.store(agg_ptr + base + channels, v, mask=ok)
+    tl.store(agg_ptr + base + 2 * channels, u0, mask=ok)
+    tl.store(agg_ptr + base + 3 * channels, u1, mask=ok)
+
+
+@triton.jit
+def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu_in_ptr, var_in_ptr, u_in_ptr, v_in_ptr, w_ptr, b_ptr,
                     centre_ptr, cg_ptr, cx_ptr, c0_ptr, gw_ptr, gb_ptr, u_end_ptr, v_end_ptr,
-                    channels, length, sp, sc, sl, width, alpha_fwd, alpha_bkw, eps,
+                    channels, length, chunk, chunks, sp, sc, sl, width, alpha_fwd, alpha_bkw, eps,
                     AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """One stream's backward over its L samples: the tracking again (nothing saved but the
-    moments), layer scaling's and the affine map's exact gradients, the control process
+    """The backward over one (stream, time chunk), from the μ, σ², u, v it starts with: the tracking
+    again (nothing saved but the moments), layer scaling's and the affine map's exact gradients
+    (``_rows_gradient``), the control process
 
         z_t = γ g_h − k v_{t-1} y_t,  v_t = v_{t-1} + mean_D(z_t y_t),
         x'_t = z_t inv_std_t − k u_{t-1},  u_t = u_{t-1} + mean_D(x'_t)       (k = 1 − α_b)
 
     reduced to per-sample sums, and every row's gradient map ∂L/∂x = g·cg + (x − μ_{t-1})·cx + c0.
-    Sums over the row use S_g = Σ g and S_gc = Σ g (x − mean_D x), with x − μ_{t-1} = (x − mean) + δ."""
+    Writes the chunk's Σ g_h·y, Σ g_h and end (u, v)."""
     p = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = c < channels
-    state = p * channels + c
-    mu, var, u, v = _stream_state(mu0_ptr, var0_ptr, u0_ptr, v0_ptr, state, ok)
+    state = (p * chunks + k).to(tl.int64) * channels + c
+    mu, var, u, v = _stream_state(mu_in_ptr, var_in_ptr, u_in_ptr, v_in_ptr, state, ok)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
-    k = 1.0 - alpha_bkw
+    kb = 1.0 - alpha_bkw
     sum_w = tl.zeros([BLOCK_C], tl.float32)
     sum_b = tl.zeros([BLOCK_C], tl.float32)
-    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc
-    for _ in tl.range(0, length, num_stages=STAGES):
+    t0, n = _chunk_span(k, chunk, length)
+    off = p.to(tl.int64) * sp + c.to(tl.int64) * sc + t0.to(tl.int64) * sl
+    for _ in tl.range(0, n, num_stages=STAGES):
         m = tl.load(mean_ptr + off, mask=ok, other=0.0)
         vx = tl.load(var_ptr + off, mask=ok, other=0.0)
         s_g = tl.load(sum_g_ptr + off, mask=ok, other=0.0)
         s_gc = tl.load(sum_gc_ptr + off, mask=ok, other=0.0)
-        inv_std = 1.0 / tl.sqrt(var + eps)
-        delta = m - mu
-        mean_y = delta * inv_std
-        mean_y2 = (vx + delta * delta) * inv_std * inv_std
-        a = gamma * inv_std
-        s_gd = s_gc + delta * s_g  # Σ g (x − μ_{t-1})
-        if LS:  # out = inv_s (a (x − μ) + β);  g_h = inv_s g − inv_s² proj (a (x − μ) + β)
-            h_mean = a * delta + beta
-            h2 = tl.where(ok, a * a * vx + h_mean * h_mean, 0.0)
-            inv_s = 1.0 / tl.sqrt(tl.sum(h2, axis=0) / channels + eps)
-            g_out = tl.where(ok, inv_s * (a * s_gd + beta * s_g), 0.0)
-            proj = tl.sum(g_out, axis=0) / (channels * width)
-            cg_ls = inv_s
-            cx_ls = -inv_s * inv_s * proj * a
-            c0_ls = -inv_s * inv_s * proj * beta
-            s_gh = cg_ls * s_g + (cx_ls * delta + c0_ls) * width
-            s_ghd = cg_ls * s_gd + (cx_ls * (vx + delta * delta) + c0_ls * delta) * width
-        else:
-            cg_ls = tl.full([BLOCK_C], 1.0, tl.float32)
-            cx_ls = tl.zeros([BLOCK_C], tl.float32)
-            c0_ls = tl.zeros([BLOCK_C], tl.float32)
-            s_gh = s_g
-            s_ghd = s_gd
-        s_ghy = inv_std * s_ghd  # Σ g_h y
+        inv_std, delta, mean_y, mean_y2, s_gh, s_ghy, cg_ls, cx_ls, c0_ls = _rows_gradient(
+            m, vx, s_g, s_gc, mu, var, gamma, beta, ok, channels, width, eps, LS, BLOCK_C)
         sum_w += s_ghy
         sum_b += s_gh
-        kv = k * v
-        ku = k * u
-        v = (1.0 - k * mean_y2) * v + gamma * s_ghy / width
+        kv = kb * v
+        ku = kb * u
+        v = (1.0 - kb * mean_y2) * v + gamma * s_ghy / width
         u = alpha_bkw * u + inv_std * (gamma * s_gh / width - kv * mean_y)
         outer = gamma * inv_std
         tl.store(centre_ptr + off, mu, mask=ok)
@@ -353,8 +428,8 @@ def _chunk_span(k, chunk, length):
 
 
 @triton.jit
-def _d1_tracking_summary_kernel(x_ptr, agg_ptr, channels, length, chunk, chunks, sxp, sxc, sxl, alpha,
-                                BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
+def _tracking_summary_kernel(x_ptr, var_ptr, agg_ptr, channels, length, chunk, chunks, sxp, sxc, sxl, alpha,
+                             HAS_VAR: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
     """Pass 1 of the time-parallel tracking, per (stream, time chunk): the chunk's effect on μ and σ²
     as a function of the μ it starts from. With r the chunk's first sample and μ̃ the tracking
     started from r, the true μ_{t-1} = μ̃_{t-1} + α^j (μ_in − r) at the chunk's j-th frame, so
@@ -362,7 +437,9 @@ def _d1_tracking_summary_kernel(x_ptr, agg_ptr, channels, length, chunk, chunks,
         μ_end  = μ̃_end + α^n δ,    σ²_end = α^n σ²_in + S0 + S1 δ + S2 δ²,    δ = μ_in − r,
 
     with S0, S1, S2 sums over the chunk (Horner form). Centred on r: no cancellation for offset
-    features. Writes (r, μ̃_end, S0, S1, S2) per lane into agg (P, K, 5, C)."""
+    features. x is the per-sample mean (x itself for D = 1) and ``var_ptr`` (read with the same
+    strides when ``HAS_VAR``) the per-sample variance, which adds (1 − α) σ²(x_t) to S0. Writes
+    (r, μ̃_end, S0, S1, S2) per lane into agg (P, K, 5, C)."""
     p = tl.program_id(0)
     k = tl.program_id(1)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -379,7 +456,10 @@ def _d1_tracking_summary_kernel(x_ptr, agg_ptr, channels, length, chunk, chunks,
     power = tl.full([BLOCK_C], 1.0, tl.float32)
     for _ in tl.range(0, n, num_stages=STAGES):
         e = tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32) - mu
-        s0 = alpha * s0 + weight * e * e
+        if HAS_VAR:
+            s0 = alpha * s0 + weight * e * e + keep * tl.load(var_ptr + off, mask=ok, other=0.0)
+        else:
+            s0 = alpha * s0 + weight * e * e
         s1 = alpha * s1 - 2.0 * weight * e * power
         s2 = alpha * s2 + weight * power * power
         mu += keep * e
@@ -495,22 +575,14 @@ def _d1_control_summary_kernel(x_ptr, g_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr
         x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + g_off, mask=ok, other=0.0).to(tl.float32)
         y, inv_std, gh = _d1_gradient(x, g, mu, var, gamma, beta, ok, channels, eps, LS)
-        # u_t = α_b u_{t-1} + inv_std (γ g_h − k y v_{t-1}),  v_{t-1} = a v_in + v
-        u0 = alpha_bkw * u0 + inv_std * (gamma * gh - kb * y * v)
-        u1 = alpha_bkw * u1 - inv_std * kb * y * a
-        step = 1.0 - kb * y * y
-        v = step * v + gamma * gh * y
-        a *= step
+        a, v, u0, u1 = _control_summary_step(a, v, u0, u1, inv_std, y, y * y, gamma * gh, gamma * gh * y, alpha_bkw,
+                                             kb)
         d = x - mu
         mu += keep * d
         var = alpha_fwd * (var + keep * d * d)
         x_off += sxl
         g_off += sgl
-    base = ((p * chunks + k) * 4).to(tl.int64) * channels + c
-    tl.store(agg_ptr + base, a, mask=ok)
-    tl.store(agg_ptr + base + channels, v, mask=ok)
-    tl.store(agg_ptr + base + 2 * channels, u0, mask=ok)
-    tl.store(agg_ptr + base + 3 * channels, u1, mask=ok)
+    _store_control_summary(agg_ptr, p, k, chunks, channels, c, ok, a, v, u0, u1)
 
 
 @triton.jit
@@ -688,10 +760,14 @@ def forward(x4: Tensor, weight, bias, mu0: Tensor, var0: Tensor, alpha: float, e
     centre, scale, shift = _stat(x4, order), _stat(x4, order), _stat(x4, order)
     gamma, beta, affine = _params(weight, bias, mu_end)
     block_c, programs, warps = lane_blocks(channels, layer_scaling)
-    _track_kernel[(streams, programs)](
-        mean, var, _state(mu0, streams, channels), _state(var0, streams, channels), gamma, beta, centre, scale, shift,
-        mu_end, var_end, channels, length, *mean.stride(), float(alpha), float(eps),
+    chunk, chunks = time_chunks(length, streams)
+    mu_in, var_in = _entry_states(mean, var, mu0, var0, alpha, chunk, chunks)
+    mu_ends, var_ends = torch.empty_like(mu_in), torch.empty_like(var_in)
+    _track_kernel[(streams, chunks, programs)](
+        mean, var, mu_in, var_in, gamma, beta, centre, scale, shift, mu_ends, var_ends, channels, length, chunk,
+        chunks, *mean.stride(), float(alpha), float(eps),
         AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    mu_end, var_end = mu_ends[:, -1], var_ends[:, -1]
     if _flat(order, x4, out):
         total = x4.numel()
         _affine_flat_kernel[(triton.cdiv(total, TILE),)](x4, centre, scale, shift, out, total, width, BLOCK=TILE)
@@ -719,14 +795,23 @@ def backward(x4: Tensor, g4: Tensor, mean: Tensor, var: Tensor, weight, bias, mu
                                *_rows_args(x4, order), x4.stride(3), *stat_strides,
                                BLOCK_R=block_r, BLOCK_D=block_d, STAGES=STAGES)
     centre, cg, cx, c0 = (_stat(x4, order) for _ in range(4))
-    sums = torch.empty(4, streams, channels, device=x4.device, dtype=torch.float32)
+    chunk, chunks = time_chunks(length, streams)
+    sums = torch.empty(4, streams, chunks, channels, device=x4.device, dtype=torch.float32)
     gamma, beta, affine = _params(weight, bias, sums[0])
     block_c, programs, warps = lane_blocks(channels, layer_scaling)
-    _control_kernel[(streams, programs)](
-        mean, var, sum_g, sum_gc, *(_state(s, streams, channels) for s in (mu0, var0, u0, v0)), gamma, beta,
-        centre, cg, cx, c0, sums[0], sums[1], sums[2], sums[3], channels, length, *mean.stride(), width,
-        float(alpha_fwd), float(alpha_bkw), float(eps),
-        AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+    mu_in, var_in = _entry_states(mean, var, mu0, var0, alpha_fwd, chunk, chunks)
+
+    def summarize(summary):
+        _rows_control_summary_kernel[(streams, chunks, programs)](
+            mean, var, sum_g, sum_gc, mu_in, var_in, gamma, beta, summary, channels, length, chunk, chunks,
+            *mean.stride(), width, float(alpha_fwd), float(alpha_bkw), float(eps),
+            AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
+
+    u_in, v_in = _control_entries(summarize, u0, v0, alpha_bkw, mu_in, length, chunk)
+    _control_kernel[(streams, chunks, programs)](
+        mean, var, sum_g, sum_gc, mu_in, var_in, u_in, v_in, gamma, beta, centre, cg, cx, c0, sums[0], sums[1],
+        sums[2], sums[3], channels, length, chunk, chunks, *mean.stride(), width, float(alpha_fwd), float(alpha_bkw),
+        float(eps), AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
     if _flat(order, x4, g4, grad_x):
         total = x4.numel()
         _grad_affine_flat_kernel[(triton.cdiv(total, TILE),)](g4, x4, centre, cg, cx, c0, grad_x, total, width,
@@ -736,31 +821,52 @@ def backward(x4: Tensor, g4: Tensor, mean: Tensor, var: Tensor, weight, bias, mu
                                        *_rows_args(g4, order), g4.stride(3), *_rows_args(x4, order), x4.stride(3),
                                        *_rows_args(grad_x, order), grad_x.stride(3), *stat_strides,
                                        BLOCK_R=block_r, BLOCK_D=block_d, STAGES=STAGES)
-    grad_w = sums[0].sum(dim=0) if affine else None
-    grad_b = sums[1].sum(dim=0) if affine else None
-    return grad_x, grad_w, grad_b, sums[2], sums[3]
+    grad_w = sums[0].sum(dim=(0, 1)) if affine else None
+    grad_b = sums[1].sum(dim=(0, 1)) if affine else None
+    return grad_x, grad_w, grad_b, sums[2][:, -1], sums[3][:, -1]
 
 
 # --------------------------------------------------------------------------- the layer, D = 1
-def _entry_states(x: Tensor, mu0: Tensor, var0: Tensor, alpha: float, chunk: int, chunks: int):
+def _entry_states(source: Tensor, variance: Tensor | None, mu0: Tensor, var0: Tensor, alpha: float, chunk: int,
+                  chunks: int):
     """The μ and σ² every time chunk of every stream starts from, (P, K, C) float32: the tracking
-    summarized per chunk in parallel, then walked across the chunks (one chunk: the start state)."""
-    streams, channels, length = x.shape
-    mu_in = torch.empty(streams, chunks, channels, device=x.device, dtype=torch.float32)
+    summarized per chunk in parallel, then walked across the chunks (one chunk: the start state).
+    ``source`` (P, C, L) is x itself for D = 1, the per-sample means for D > 1 (``variance`` the
+    per-sample variances, same strides)."""
+    streams, channels, length = source.shape
+    mu_in = torch.empty(streams, chunks, channels, device=source.device, dtype=torch.float32)
     var_in = torch.empty_like(mu_in)
     if chunks == 1:
         mu_in[:, 0].copy_(mu0.expand(streams, channels))
         var_in[:, 0].copy_(var0.expand(streams, channels))
         return mu_in, var_in
     block, programs, warps = lane_blocks(channels, False)
-    summary = torch.empty(streams, chunks, 5, channels, device=x.device, dtype=torch.float32)
-    _d1_tracking_summary_kernel[(streams, chunks, programs)](
-        x, summary, channels, length, chunk, chunks, *x.stride(), float(alpha), BLOCK_C=block, STAGES=STAGES,
-        num_warps=warps)
+    summary = torch.empty(streams, chunks, 5, channels, device=source.device, dtype=torch.float32)
+    _tracking_summary_kernel[(streams, chunks, programs)](
+        source, source if variance is None else variance, summary, channels, length, chunk, chunks, *source.stride(),
+        float(alpha), HAS_VAR=variance is not None, BLOCK_C=block, STAGES=STAGES, num_warps=warps)
     _tracking_entry_kernel[(streams, programs)](
         summary, _state(mu0, streams, channels), _state(var0, streams, channels), mu_in, var_in, channels, length,
         chunk, chunks, math.log(alpha), BLOCK_C=block, STAGES=STAGES, num_warps=warps)
     return mu_in, var_in
+
+
+def _control_entries(summarize, u0: Tensor, v0: Tensor, alpha_bkw: float, like: Tensor, length: int, chunk: int):
+    """The u and v every time chunk starts from, (P, K, C): ``summarize(summary)`` fills the chunks'
+    (A, Ṽ, U0, U1) (P, K, 4, C), then they are walked across the chunks."""
+    streams, chunks, channels = like.shape
+    u_in, v_in = torch.empty_like(like), torch.empty_like(like)
+    if chunks == 1:
+        u_in[:, 0].copy_(u0.expand(streams, channels))
+        v_in[:, 0].copy_(v0.expand(streams, channels))
+        return u_in, v_in
+    summary = torch.empty(streams, chunks, 4, channels, device=like.device, dtype=torch.float32)
+    summarize(summary)
+    block, programs, warps = lane_blocks(channels, False)
+    _control_entry_kernel[(streams, programs)](
+        summary, _state(u0, streams, channels), _state(v0, streams, channels), u_in, v_in, channels, length, chunk,
+        chunks, math.log(alpha_bkw), BLOCK_C=block, STAGES=STAGES, num_warps=warps)
+    return u_in, v_in
 
 
 def forward_d1(x: Tensor, weight, bias, mu0: Tensor, var0: Tensor, alpha: float, eps: float, layer_scaling: bool):
@@ -773,7 +879,7 @@ def forward_d1(x: Tensor, weight, bias, mu0: Tensor, var0: Tensor, alpha: float,
     if not (streams and channels and length):
         return out, _state(mu0, streams, channels), _state(var0, streams, channels)
     chunk, chunks = time_chunks(length, streams)
-    mu_in, var_in = _entry_states(x, mu0, var0, alpha, chunk, chunks)
+    mu_in, var_in = _entry_states(x, None, mu0, var0, alpha, chunk, chunks)
     mu_end, var_end = torch.empty_like(mu_in), torch.empty_like(var_in)
     gamma, beta, affine = _params(weight, bias, mu_in)
     block_c, programs, warps = lane_blocks(channels, layer_scaling)
@@ -795,23 +901,17 @@ def backward_d1(x: Tensor, grad_out: Tensor, weight, bias, mu0: Tensor, var0: Te
         zeros = torch.zeros(streams, channels, device=x.device, dtype=torch.float32)
         return grad_x, zeros, zeros.clone(), _state(u0, streams, channels), _state(v0, streams, channels)
     chunk, chunks = time_chunks(length, streams)
-    mu_in, var_in = _entry_states(x, mu0, var0, alpha_fwd, chunk, chunks)
+    mu_in, var_in = _entry_states(x, None, mu0, var0, alpha_fwd, chunk, chunks)
     gamma, beta, affine = _params(weight, bias, mu_in)
     block_c, programs, warps = lane_blocks(channels, layer_scaling)
-    u_in, v_in = torch.empty_like(mu_in), torch.empty_like(mu_in)
-    if chunks == 1:
-        u_in[:, 0].copy_(u0.expand(streams, channels))
-        v_in[:, 0].copy_(v0.expand(streams, channels))
-    else:
-        summary = torch.empty(streams, chunks, 4, channels, device=x.device, dtype=torch.float32)
+
+    def summarize(summary):
         _d1_control_summary_kernel[(streams, chunks, programs)](
             x, grad_out, mu_in, var_in, gamma, beta, summary, channels, length, chunk, chunks, *x.stride(),
             *grad_out.stride(), float(alpha_fwd), float(alpha_bkw), float(eps),
             AFFINE=affine, LS=bool(layer_scaling), BLOCK_C=block_c, STAGES=STAGES, num_warps=warps)
-        entry_block, entry_programs, entry_warps = lane_blocks(channels, False)
-        _control_entry_kernel[(streams, entry_programs)](
-            summary, _state(u0, streams, channels), _state(v0, streams, channels), u_in, v_in, channels, length,
-            chunk, chunks, math.log(alpha_bkw), BLOCK_C=entry_block, STAGES=STAGES, num_warps=entry_warps)
+
+    u_in, v_in = _control_entries(summarize, u0, v0, alpha_bkw, mu_in, length, chunk)
     sums = torch.empty(4, streams, chunks, channels, device=x.device, dtype=torch.float32)
     _d1_backward_kernel[(streams, chunks, programs)](
         x, grad_out, grad_x, mu_in, var_in, u_in, v_in, gamma, beta, sums[0], sums[1], sums[2], sums[3], channels,
