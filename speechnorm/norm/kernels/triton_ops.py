@@ -10,14 +10,15 @@ Samples with several components (D > 1), forward:
 1. ``_moments_kernel``: per row, mean and variance, one read of x (shifted by the row's first
    component, chunks of the row combined by Chan's formula: no cancellation, without reading x
    twice);
-2. ``_track_kernel``: per stream, all features as lanes, the tracking process of μ and σ² over L
-   in one loop, which also writes each row's affine map (centre μ_{t-1}, scale, shift) with layer
-   scaling's per-sample reduction over features done in registers;
+2. ``_track_kernel``: per (stream, time chunk), all features as lanes, the tracking process of μ
+   and σ², which also writes each row's affine map (centre μ_{t-1}, scale, shift) with layer
+   scaling's per-sample reduction over features done in registers (the chunks start from the
+   statistics the time-parallel passes described below give them);
 3. ``_affine_*``: out = (x − centre)·scale + shift, one read of x and one write (a flat 1-D
    kernel when x is dense, a strided 2-D one otherwise).
 Backward: ``_grad_moments_kernel`` (Σ g and the centred Σ g·(x − mean), one read of g and x),
-``_control_kernel`` (the tracking again, the exact layer-scaling and affine gradients and the
-paper's control process u, v, in one loop; it also sums γ's and β's gradients), then
+``_control_kernel`` (per (stream, time chunk): the tracking again, the exact layer-scaling and
+affine gradients and the paper's control process u, v; it also sums γ's and β's gradients), then
 ``_grad_affine_*`` (∂L/∂x = g·cg + (x − centre)·cx + c0). Saved for backward: x and the two
 per-sample moments; nothing else.
 
@@ -51,9 +52,9 @@ from torch import Tensor
 STAGES = 3  # software pipelining depth of every loop
 TILE = 1024  # elements per program in the row and elementwise kernels
 MAX_LANES = 4096  # features one stream's statistics kernel holds (layer scaling needs them all)
-TARGET_PROGRAMS = 512  # (stream, time chunk) programs the time-parallel D = 1 kernels aim for
+TARGET_PROGRAMS = 512  # (stream, time chunk) programs the time-parallel kernels aim for
 CHUNK = None  # frames per time chunk; None: chosen per launch (``time_chunks``)
-MIN_CHUNK = 32
+MIN_CHUNK = 32  # shorter chunks would move more summary state than data
 
 
 def _interpreter_compat() -> None:
@@ -663,14 +664,15 @@ def row_blocks(width: int) -> tuple[int, int]:
 
 
 def time_chunks(length: int, streams: int) -> tuple[int, int]:
-    """(frames per chunk, chunks) of the time-parallel D = 1 kernels: enough (stream, chunk)
+    """(frames per chunk, chunks) of the time-parallel kernels: enough (stream, chunk)
     programs to fill a GPU (about ``TARGET_PROGRAMS``), chunks of 32..256 frames (shorter chunks
     would move more summary state than data); one chunk (the plain sequential loop, no summary
     passes) when the stream is short. ``CHUNK`` forces it."""
     if CHUNK is not None:
         chunk = CHUNK
     else:
-        chunk = min(256, max(MIN_CHUNK, triton.next_power_of_2(triton.cdiv(length * max(streams, 1), TARGET_PROGRAMS))))
+        wanted = triton.next_power_of_2(triton.cdiv(length * max(streams, 1), TARGET_PROGRAMS))
+        chunk = min(256, max(MIN_CHUNK, wanted))
     chunk = max(1, min(chunk, length))
     return chunk, triton.cdiv(length, chunk)
 
