@@ -1,14 +1,15 @@
-"""Backends for Online Norm's big-tensor passes: the vectorised torch path and Triton kernels.
+"""Backends for Online Norm: the vectorised torch path, compiled CPU loops and Triton kernels.
 
 CUDA tensors use the Triton kernels (``triton_ops``: the whole layer in a few fused passes), CPU
 tensors the torch path, except one-component samples (D = 1: recurrent and fully connected
-features) on the CPU, which run as one compiled loop each way (``cpu_d1``, numba; ``d1_kernels``). ``use_backend`` overrides the choice, for tests and
-comparisons (``"torch"`` also turns the compiled D = 1 loop off):
+features) on the CPU, which run as one compiled loop each way (``cpu_d1``, numba; see
+``d1_kernels``). ``use_backend`` overrides the choice, for tests and comparisons (``"torch"``
+also turns the compiled D = 1 loop off):
 
     with use_backend("triton"):   # also on CPU tensors, with TRITON_INTERPRET=1
         ...
 
-The torch backend provides five operations on the big tensors (moments, affine, grad_moments,
+The torch backend provides four operations on the big tensors (moments, affine, grad_moments,
 grad_affine) and the scan of the small statistics, with the math on the statistics in
 ``speechnorm.norm.functional``; the Triton backend runs the whole layer each way
 (``triton_ops.forward``/``backward``), the statistics' math fused into its kernels.
