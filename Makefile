@@ -9,10 +9,13 @@ STAMP  := $(VENV)/.speechnorm-installed
 
 venv: $(STAMP)
 
+# The speaker encoder's weights come from the resemblyzer wheel (Apache-2.0), installed without its
+# dependencies: speechnorm reads only its weights file (speechnorm/speaker.py).
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps -c requirements/constraints.txt resemblyzer
 	@touch $@
 
 # espeak-ng speaks the built-in synthetic corpus; chromium runs the demo page's end-to-end test

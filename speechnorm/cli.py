@@ -130,6 +130,22 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .speaker import embed_file
+
+    embedding, used = embed_file(args.input)
+    output = Path(args.output)
+    if output.suffix != ".npy":
+        raise ValueError(f"the embedding is written as .npy, got {output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, embedding)
+    print(f"enrolled {args.input}: {used.speech_seconds:.1f} s of speech found, {used.used_seconds:.1f} s used "
+          f"({used.partials} windows of 1.6 s) -> {output} ({embedding.size}-d, unit length)")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .enhance import default_model
     from .server import Limits, serve
@@ -183,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
     enhance.add_argument("--reference", default=None, help="a clean reference file: print SI-SDR, PESQ and STOI before and after")
     enhance.set_defaults(run=_enhance)
+    enroll = commands.add_parser("enroll", help="a speaker embedding from 2-30 s of the speaker alone (WAV/FLAC, "
+                                                "16 kHz or more) -> .npy, for personalized enhancement")
+    enroll.add_argument("input", help="WAV/FLAC of the target speaker alone (channel 0 is used)")
+    enroll.add_argument("-o", "--output", required=True, help="the embedding, .npy (256 float32, unit length)")
+    enroll.set_defaults(run=_enroll)
     data = commands.add_parser("data", help="build the real-speech corpus from Debian packages (apt-get download; "
                                             "audio never leaves the cache)")
     data.add_argument("--root", type=Path, default=Path(".cache/real_corpus"), help="where the corpus is written")
