@@ -13,6 +13,9 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
     ("script", "args", "expect"),
     [
         ("bench_norm.py", ["--quick", "--repeats", "1"], "reference loop / OnlineNorm core"),
+        ("bench_norm.py", ["--recipe", "--quick", "--no-reference", "--dtypes", "bf16", "--repeats", "1"],
+         "| bf16 | time | (32, 128, 200) strided | OnlineNorm + layer scaling |"),
+        ("trace_bytes.py", ["--widths", "1", "9", "--dtypes", "fp32"], "| fp32 | 9 |"),
         ("bench_stream.py", ["--hops", "3", "--mics", "2", "--models", "tac_gru", "--sizes", "small"], "| 2 | onnx |"),
         ("bench_memory.py", ["--seconds", "0.5", "--mics", "2"], "| online | 1 |"),
         ("bench_train_step.py", ["--seconds", "0.2", "--repeats", "1", "--batch", "1", "--mics", "2",
