@@ -245,16 +245,11 @@ def _track_kernel(mean_ptr, var_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr, centre
     """The tracking process over one (stream, time chunk) (all features as lanes), from the μ, σ²
     the chunk starts with, and every sample's affine map: out = (x − μ_{t-1}) · γ inv_std inv_s +
     β inv_s. Writes the chunk's end statistics (the last chunk's are the stream's)."""
-    p = tl.program_id(0)
-    k = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = c < channels
-    state = (p * chunks + k).to(tl.int64) * channels + c
+    p, k, c, ok, state, t0, n = _chunk_lanes(channels, length, chunk, chunks, BLOCK_C)
     mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
     var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha
-    t0, n = _chunk_span(k, chunk, length)
     off = p.to(tl.int64) * sp + c.to(tl.int64) * sc + t0.to(tl.int64) * sl
     for _ in tl.range(0, n, num_stages=STAGES):
         m = tl.load(mean_ptr + off, mask=ok, other=0.0)
@@ -318,22 +313,14 @@ def _rows_control_summary_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu_in
                                  eps, AFFINE: tl.constexpr, LS: tl.constexpr, BLOCK_C: tl.constexpr,
                                  STAGES: tl.constexpr):
     """``_d1_control_summary_kernel`` for D > 1, from the per-sample moments and gradient sums."""
-    p = tl.program_id(0)
-    k = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = c < channels
-    state = (p * chunks + k).to(tl.int64) * channels + c
+    p, k, c, ok, state, t0, n = _chunk_lanes(channels, length, chunk, chunks, BLOCK_C)
     mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
     var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
     kb = 1.0 - alpha_bkw
-    t0, n = _chunk_span(k, chunk, length)
     off = p.to(tl.int64) * sp + c.to(tl.int64) * sc + t0.to(tl.int64) * sl
-    a_prod = tl.full([BLOCK_C], 1.0, tl.float32)
-    v = tl.zeros([BLOCK_C], tl.float32)
-    u0 = tl.zeros([BLOCK_C], tl.float32)
-    u1 = tl.zeros([BLOCK_C], tl.float32)
+    a_prod, v, u0, u1 = _summary_start(BLOCK_C)
     for _ in tl.range(0, n, num_stages=STAGES):
         m = tl.load(mean_ptr + off, mask=ok, other=0.0)
         vx = tl.load(var_ptr + off, mask=ok, other=0.0)
@@ -384,18 +371,13 @@ def _control_kernel(mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr, mu_in_ptr, var_in_
 
     reduced to per-sample sums, and every row's gradient map ∂L/∂x = g·cg + (x − μ_{t-1})·cx + c0.
     Writes the chunk's Σ g_h·y, Σ g_h and end (u, v)."""
-    p = tl.program_id(0)
-    k = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = c < channels
-    state = (p * chunks + k).to(tl.int64) * channels + c
+    p, k, c, ok, state, t0, n = _chunk_lanes(channels, length, chunk, chunks, BLOCK_C)
     mu, var, u, v = _stream_state(mu_in_ptr, var_in_ptr, u_in_ptr, v_in_ptr, state, ok)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
     kb = 1.0 - alpha_bkw
     sum_w = tl.zeros([BLOCK_C], tl.float32)
     sum_b = tl.zeros([BLOCK_C], tl.float32)
-    t0, n = _chunk_span(k, chunk, length)
     off = p.to(tl.int64) * sp + c.to(tl.int64) * sc + t0.to(tl.int64) * sl
     for _ in tl.range(0, n, num_stages=STAGES):
         m = tl.load(mean_ptr + off, mask=ok, other=0.0)
@@ -426,6 +408,24 @@ def _chunk_span(k, chunk, length):
     """The first frame and the frame count of time chunk ``k``."""
     t0 = k * chunk
     return t0, tl.minimum(chunk, length - t0)
+
+
+@triton.jit
+def _chunk_lanes(channels, length, chunk, chunks, BLOCK_C: tl.constexpr):
+    """A (stream, time chunk, feature block) program's stream p, chunk k, lanes c and their mask,
+    the index of its rows in (P, K, C) chunk states, and its frames t0 .. t0 + n."""
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    t0, n = _chunk_span(k, chunk, length)
+    return p, k, c, c < channels, (p * chunks + k).to(tl.int64) * channels + c, t0, n
+
+
+@triton.jit
+def _summary_start(BLOCK_C: tl.constexpr):
+    """A chunk's control summary before its first sample: A = 1, Ṽ = U0 = U1 = 0."""
+    zeros = tl.zeros([BLOCK_C], tl.float32)
+    return zeros + 1.0, zeros, zeros, zeros
 
 
 @triton.jit
@@ -505,16 +505,11 @@ def _d1_forward_kernel(x_ptr, out_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr, mu_e
     """One-component samples, one (stream, time chunk) per program, from the μ, σ² the chunk starts
     with: out_t = LS(γ (x_t − μ) / sqrt(σ² + ε) + β), then μ += (1 − α) d, σ² = α (σ² + (1 − α) d²).
     Writes the chunk's end statistics (the last chunk's are the stream's)."""
-    p = tl.program_id(0)
-    k = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = c < channels
-    state = (p * chunks + k).to(tl.int64) * channels + c
+    p, k, c, ok, state, t0, n = _chunk_lanes(channels, length, chunk, chunks, BLOCK_C)
     mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
     var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha
-    t0, n = _chunk_span(k, chunk, length)
     x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
     o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc + t0.to(tl.int64) * sol
     for _ in tl.range(0, n, num_stages=STAGES):
@@ -555,23 +550,15 @@ def _d1_control_summary_kernel(x_ptr, g_ptr, mu_in_ptr, var_in_ptr, w_ptr, b_ptr
     """Pass 1 of the time-parallel control process, per (stream, time chunk): v is linear in the v
     the chunk starts from, v_end = A v_in + Ṽ (A the product of (1 − k y²)), and u in both,
     u_end = α_b^n u_in + U0 + U1 v_in. Writes (A, Ṽ, U0, U1) per lane into agg (P, K, 4, C)."""
-    p = tl.program_id(0)
-    k = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = c < channels
-    state = (p * chunks + k).to(tl.int64) * channels + c
+    p, k, c, ok, state, t0, n = _chunk_lanes(channels, length, chunk, chunks, BLOCK_C)
     mu = tl.load(mu_in_ptr + state, mask=ok, other=0.0)
     var = tl.load(var_in_ptr + state, mask=ok, other=1.0)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
     kb = 1.0 - alpha_bkw
-    t0, n = _chunk_span(k, chunk, length)
     x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
     g_off = p.to(tl.int64) * sgp + c.to(tl.int64) * sgc + t0.to(tl.int64) * sgl
-    a = tl.full([BLOCK_C], 1.0, tl.float32)
-    v = tl.zeros([BLOCK_C], tl.float32)
-    u0 = tl.zeros([BLOCK_C], tl.float32)
-    u1 = tl.zeros([BLOCK_C], tl.float32)
+    a, v, u0, u1 = _summary_start(BLOCK_C)
     for _ in tl.range(0, n, num_stages=STAGES):
         x = tl.load(x_ptr + x_off, mask=ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + g_off, mask=ok, other=0.0).to(tl.float32)
@@ -616,18 +603,13 @@ def _d1_backward_kernel(x_ptr, g_ptr, gx_ptr, mu_in_ptr, var_in_ptr, u_in_ptr, v
     program from the μ, σ², u, v the chunk starts with, in forward order: the control process
         z = γ g_h − k v y,  v += z y,  x' = z / sqrt(σ² + ε) − k u,  u += x'.
     Writes ∂L/∂x, the chunk's Σ g_h·y and Σ g_h, and its end (u, v)."""
-    p = tl.program_id(0)
-    k = tl.program_id(1)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = c < channels
-    state = (p * chunks + k).to(tl.int64) * channels + c
+    p, k, c, ok, state, t0, n = _chunk_lanes(channels, length, chunk, chunks, BLOCK_C)
     mu, var, u, v = _stream_state(mu_in_ptr, var_in_ptr, u_in_ptr, v_in_ptr, state, ok)
     gamma, beta = _affine_params(w_ptr, b_ptr, c, ok, AFFINE, BLOCK_C)
     keep = 1.0 - alpha_fwd
     kb = 1.0 - alpha_bkw
     sum_w = tl.zeros([BLOCK_C], tl.float32)
     sum_b = tl.zeros([BLOCK_C], tl.float32)
-    t0, n = _chunk_span(k, chunk, length)
     x_off = p.to(tl.int64) * sxp + c.to(tl.int64) * sxc + t0.to(tl.int64) * sxl
     g_off = p.to(tl.int64) * sgp + c.to(tl.int64) * sgc + t0.to(tl.int64) * sgl
     o_off = p.to(tl.int64) * sop + c.to(tl.int64) * soc + t0.to(tl.int64) * sol
