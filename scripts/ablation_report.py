@@ -155,12 +155,10 @@ def plot(runs: list[Path], path: Path) -> None:
 
     settings = sorted({RUN_NAME.match(r.name)["setting"] for r in runs})
     colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(settings)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     present = sorted({int(RUN_NAME.match(r.name)["batch"]) for r in runs}, reverse=True)
-    for ax, batch in zip(axes, present + [None] * (2 - len(present))):
-        if batch is None:
-            ax.set_visible(False)
-            continue
+    fig, axes = plt.subplots(1, len(present), figsize=(6 * len(present), 4.5), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, batch in zip(axes, present):
         for run in runs:
             match = RUN_NAME.match(run.name)
             points = curve(run)
