@@ -22,6 +22,7 @@ speech would be used; cut it). Higher rates are resampled; multi-channel audio u
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ def encoder():
     return _ENCODER
 
 
+@functools.lru_cache(maxsize=1)
 def _mel_filters() -> np.ndarray:
     """(40, 201) triangular mel filters, Slaney's mel scale and area normalisation."""
     import torch
@@ -132,11 +134,10 @@ def speech_mask(wav: np.ndarray) -> np.ndarray:
 def _partials(frames: int) -> list[slice]:
     """1.6 s windows at 1.3 per second covering the frames; the last kept if 75 % covered."""
     step = int(round(SAMPLE_RATE / PARTIALS_PER_SECOND / HOP))
-    starts = list(range(0, max(frames - PARTIAL, 0) + 1, step))
-    if not starts or starts[-1] + PARTIAL < frames:
-        last = starts[-1] + step if starts else 0
-        if (frames - last) / PARTIAL >= MIN_COVERAGE or not starts:
-            starts.append(last)
+    starts = list(range(0, max(frames - PARTIAL, 0) + 1, step))  # never empty: 0 is always in it
+    last = starts[-1] + step
+    if starts[-1] + PARTIAL < frames and (frames - last) / PARTIAL >= MIN_COVERAGE:
+        starts.append(last)
     return [slice(s, s + PARTIAL) for s in starts]
 
 

@@ -173,7 +173,9 @@ class OnlineNormD1Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mu0, var0, control, alpha_fwd, alpha_bkw, eps, layer_scaling, kernels):
-        triton = kernels.__name__.endswith("triton_ops")
+        from .kernels import cpu_d1
+
+        triton = kernels is not cpu_d1
         # the numba loops run in fp32/fp64; the Triton kernels read bf16/fp16 as they are
         compute = x if triton or x.dtype in (torch.float32, torch.float64) else x.float()
         with torch.autocast(x.device.type, enabled=False):

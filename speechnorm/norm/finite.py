@@ -74,27 +74,20 @@ def raise_if_nonfinite() -> None:
         _where.pop(device, None)
 
 
-def pending() -> bool:
-    """Whether a deferred check has run since the last ``raise_if_nonfinite``."""
-    return bool(_where)
-
-
-@contextlib.contextmanager
-def finite_check(mode: str):
-    """Use ``mode`` (one of ``MODES``) inside the block."""
-    global _mode
-    if mode not in MODES:
-        raise ValueError(f"finite check mode must be one of {MODES}, got {mode!r}")
-    previous, _mode = _mode, mode
-    try:
-        yield
-    finally:
-        _mode = previous
-
-
 def set_finite_check(mode: str) -> None:
     """Set the mode for the process (``"auto"``: sync on the CPU, deferred on CUDA)."""
     global _mode
     if mode not in MODES:
         raise ValueError(f"finite check mode must be one of {MODES}, got {mode!r}")
     _mode = mode
+
+
+@contextlib.contextmanager
+def finite_check(mode: str):
+    """Use ``mode`` (one of ``MODES``) inside the block."""
+    previous = _mode
+    set_finite_check(mode)
+    try:
+        yield
+    finally:
+        set_finite_check(previous)
