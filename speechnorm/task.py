@@ -19,6 +19,7 @@ from torchmetrics.functional.audio import scale_invariant_signal_distortion_rati
 
 from .dsp import STFT
 from .models import build
+from .norm import DEFAULTS_VERSION, pin_defaults
 from .norm.finite import raise_if_nonfinite
 from .scoring import align, quality_metrics, score_clip
 
@@ -75,6 +76,24 @@ class EnhancementTask(L.LightningModule):
         except RuntimeError as err:
             raise ValueError(f"init_from {path}: its model ({info.get('model')}, {info.get('size')}) does not match "
                              f"this one ({self.hparams.model}, {self.hparams.size}): {str(err).splitlines()[0]}") from None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from .models.checkpoint import NORM_DEFAULTS_KEY
+
+        checkpoint[NORM_DEFAULTS_KEY] = DEFAULTS_VERSION  # what a bare "online" meant when this was written
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A run resumed from a checkpoint of older normalizer defaults continues the function it
+        trained: the model is rebuilt with those defaults spelled out (before its weights load)."""
+        from .models.checkpoint import NORM_DEFAULTS_KEY
+
+        pinned = pin_defaults(self.hparams.norm, checkpoint.get(NORM_DEFAULTS_KEY))
+        if pinned != self.hparams.norm:
+            log.warning("checkpoint trained under older normalizer defaults: norm %r continues as %r",
+                        self.hparams.norm, pinned)
+            self.hparams.norm = pinned
+            self.model = build(self.hparams.model, norm=pinned, size=self.hparams.size,
+                               **(self.hparams.model_config or {}))
 
     def forward(self, noisy: Tensor) -> Tensor:
         return self.model(noisy)

@@ -66,8 +66,12 @@ def save_checkpoint(path, name="tac_gru", norm="online", **config):
                 buffer.normal_(0, 0.5)
             elif key.endswith(("running_var", "running_moment")):
                 buffer.uniform_(0.5, 2.0)
+    from speechnorm.models.checkpoint import NORM_DEFAULTS_KEY
+    from speechnorm.norm import DEFAULTS_VERSION
+
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": name, "norm": norm, "size": "small", "model_config": config or None}}, path)
+                "hyper_parameters": {"model": name, "norm": norm, "size": "small", "model_config": config or None},
+                NORM_DEFAULTS_KEY: DEFAULTS_VERSION}, path)
     return path
 
 

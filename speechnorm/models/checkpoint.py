@@ -14,10 +14,13 @@ from pathlib import Path
 
 import torch
 
+from ..norm import pin_defaults
 from .base import SpectralEnhancer
 from .registry import build
 
 MODEL_PREFIX = "model."
+# Where a checkpoint records the normalizer defaults it was trained under (``speechnorm.task``).
+NORM_DEFAULTS_KEY = "speechnorm_norm_defaults"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -48,7 +51,8 @@ def load_model(path: str | Path) -> tuple[SpectralEnhancer, dict]:
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams["data"] = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
     try:
-        model = build(hparams.get("model", "tac_gru"), norm=hparams.get("norm", "online"),
+        hparams["norm"] = pin_defaults(hparams.get("norm", "online"), checkpoint.get(NORM_DEFAULTS_KEY))
+        model = build(hparams.get("model", "tac_gru"), norm=hparams["norm"],
                       size=hparams.get("size", "small"), **(hparams.get("model_config") or {}))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{resolve_checkpoint(path)}: cannot rebuild its model ({err})") from None

@@ -10,7 +10,7 @@ from . import relatives  # noqa: F401  (registers the relatives)
 from .base import NotStreamableError, SequenceNorm
 from .finite import finite_check, raise_if_nonfinite, set_finite_check
 from .online import OnlineNorm
-from .registry import NormSpec, available, make_norm, register_norm
+from .registry import DEFAULTS_VERSION, NormSpec, available, make_norm, pin_defaults, register_norm
 
 __all__ = ["OnlineNorm", "SequenceNorm", "NotStreamableError", "NormSpec", "available", "make_norm", "register_norm",
-           "finite_check", "raise_if_nonfinite", "set_finite_check"]
+           "finite_check", "raise_if_nonfinite", "set_finite_check", "DEFAULTS_VERSION", "pin_defaults"]

@@ -16,6 +16,12 @@ ECMS = ("ls", "ac", None)
 STREAM_AXES = ("batch", "time")
 CLAMP_LIMIT = 5.0
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The forward decay's default on the time axis (the speech setting, ``make_norm("online")``): a 1 s
+# time constant at 100 frames/s. The batch axis keeps the paper's 0.999.
+# Measured against the paper's 0.999 (10 s) in the normalization ablation (README): no difference
+# in quality at input level 0 dB, 0.6 dB better at -30 dB and +10 dB. Checkpoints written before
+# this default (0.999 until norm-defaults version 2) keep theirs: see ``registry.pin_defaults``.
+TIME_ALPHA_FWD = 0.99
 
 
 class OnlineNorm(SequenceNorm):
@@ -27,7 +33,9 @@ class OnlineNorm(SequenceNorm):
 
     Args:
         num_features: C, the size of axis 1.
-        alpha_fwd: decay of the forward tracking of μ and σ².
+        alpha_fwd: decay of the forward tracking of μ and σ². Default: the paper's 0.999 on the batch
+            axis; ``TIME_ALPHA_FWD`` (0.99, a 1 s time constant at 100 frames/s) on the time axis,
+            the setting the normalization ablation chose (README).
         alpha_bkw: decay of the backward control process.
         eps: added to variances (the normalizer's and layer scaling's).
         affine: learn a per-feature scale γ (init 1) and shift β (init 0).
@@ -51,7 +59,7 @@ class OnlineNorm(SequenceNorm):
     def __init__(
         self,
         num_features: int,
-        alpha_fwd: float = 0.999,
+        alpha_fwd: float | None = None,
         alpha_bkw: float = 0.99,
         eps: float = 1e-5,
         affine: bool = True,
@@ -59,6 +67,8 @@ class OnlineNorm(SequenceNorm):
         stream_axis: str = "batch",
     ):
         super().__init__(num_features)
+        if alpha_fwd is None:
+            alpha_fwd = TIME_ALPHA_FWD if stream_axis == "time" else 0.999
         for name, value in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {value!r}")

@@ -80,6 +80,41 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return kind, options
 
 
+# The version of the kinds' default settings. A checkpoint records the version it was trained under
+# (``speechnorm.task``); ``pin_defaults`` spells out the defaults that changed since, so an old
+# checkpoint rebuilds the function it was trained as. Version 1 -> 2: ``online``'s ``alpha_fwd``
+# 0.999 -> 0.99.
+DEFAULTS_VERSION = 2
+_CHANGED_DEFAULTS: dict[int, dict[str, dict[str, Any]]] = {
+    1: {"online": {"alpha_fwd": 0.999}},
+}
+
+
+def format_spec(kind: str, options: dict[str, Any]) -> str:
+    """The inverse of ``parse_spec``: ``("online", {"alpha_fwd": 0.99})`` -> ``"online(alpha_fwd=0.99)"``."""
+    if not options:
+        return kind
+    return f"{kind}(" + ", ".join(f"{key}={value!r}" for key, value in options.items()) + ")"
+
+
+def pin_defaults(spec: str, version: int | None) -> str:
+    """``spec`` as a checkpoint of defaults ``version`` meant it (``None``: written before versions
+    were recorded, i.e. version 1): every default changed since then that the spec leaves unset is
+    written out. ``pin_defaults("online", 1)`` -> ``"online(alpha_fwd=0.999)"``; specs of the
+    current version come back unchanged."""
+    version = 1 if version is None else int(version)
+    if version > DEFAULTS_VERSION:
+        raise ValueError(f"normalizer defaults version {version} is newer than this speechnorm's ({DEFAULTS_VERSION}); "
+                         "upgrade speechnorm to load this checkpoint")
+    kind, options = parse_spec(spec)
+    pinned = dict(options)
+    for older in range(DEFAULTS_VERSION - 1, version - 1, -1):  # the oldest change wins: it is what `version` meant
+        for key, value in _CHANGED_DEFAULTS.get(older, {}).get(kind, {}).items():
+            if key not in options:
+                pinned[key] = value
+    return spec if pinned == options else format_spec(kind, pinned)
+
+
 def make_norm(kind: str, num_features: int, **kwargs) -> SequenceNorm:
     """Build the normalizer ``kind`` for ``num_features`` features.
 

@@ -58,3 +58,21 @@ def test_released_model_enhances_fresh_speech_in_noise(folder):
             enhanced, aligned = model(noisy[None])[0, delay:], target[: target.numel() - delay]
         gains.append((si_sdr(enhanced, aligned) - si_sdr(noisy[0, : aligned.numel()], aligned)).item())
     assert min(gains) > 1.0, gains
+
+
+@pytest.mark.parametrize("folder", RELEASED, ids=lambda p: p.name)
+def test_released_onnx_graphs_compute_what_the_checkpoint_loads_as(folder):
+    """The shipped ONNX graphs were exported when the model was released; the checkpoint must still
+    load as that function (e.g. after a normalizer default changed: ``norm.pin_defaults``)."""
+    pytest.importorskip("onnxruntime")
+    from speechnorm.stream import OnnxModel
+
+    onnx = OnnxModel(folder / "model.onnx")
+    model, _ = load_model(folder)
+    audio = (np.random.default_rng(0).standard_normal((3, 160 * 40)) * 0.1).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(audio)[None])[0].numpy()
+    np.testing.assert_allclose(onnx.offline(audio), expected, atol=2e-4, rtol=0)
+    stream = onnx.open(3)
+    stepped = np.concatenate([stream.step(audio[:, t * 160 : (t + 1) * 160]).copy() for t in range(40)], -1)
+    np.testing.assert_allclose(stepped, expected, atol=2e-4, rtol=0)

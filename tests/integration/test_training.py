@@ -129,6 +129,37 @@ def test_dnsmos_scores_an_estimate_that_peaks_beyond_full_scale():
     assert scores == dnsmos(loud / loud.abs().max(), 16000)  # scaled to full scale, not refused
 
 
+def test_checkpoints_record_their_normalizer_defaults_and_old_ones_keep_theirs(tmp_path):
+    """A bare "online" in a checkpoint written before the defaults changed (no version recorded)
+    loads, and resumes, as the function it was trained as: alpha_fwd 0.999."""
+    from conftest import save_checkpoint
+
+    from speechnorm.models.checkpoint import NORM_DEFAULTS_KEY, load_model
+    from speechnorm.norm import OnlineNorm
+
+    def alphas(model):
+        return {m.alpha_fwd for m in model.modules() if isinstance(m, OnlineNorm)}
+
+    current = save_checkpoint(tmp_path / "current.ckpt", hidden=32, layers=1)
+    legacy = tmp_path / "legacy.ckpt"
+    stored = torch.load(current, weights_only=False)
+    del stored[NORM_DEFAULTS_KEY]
+    torch.save(stored, legacy)
+
+    model, info = load_model(current)
+    assert alphas(model) == {0.99} and info["norm"] == "online"
+    model, info = load_model(legacy)
+    assert alphas(model) == {0.999} and info["norm"] == "online(alpha_fwd=0.999)"
+
+    task = EnhancementTask(model="tac_gru", model_config={"hidden": 32, "layers": 1})
+    task.on_load_checkpoint(stored)  # what Lightning calls on resume, before the weights load
+    assert alphas(task.model) == {0.999} and task.hparams.norm == "online(alpha_fwd=0.999)"
+    task.model.load_state_dict(model.state_dict())
+    saved = {}
+    task.on_save_checkpoint(saved)
+    assert saved[NORM_DEFAULTS_KEY] >= 2
+
+
 def test_warm_start_copies_the_weights_and_refuses_another_model(tmp_path):
     from conftest import save_checkpoint
 

@@ -33,6 +33,46 @@ def test_online_kind_is_the_time_axis_layer():
         make_norm("online", 4, stream_axis="batch")
 
 
+def test_online_defaults_speech_time_constant_and_drop_in_keeps_the_papers():
+    assert make_norm("online", 4).alpha_fwd == 0.99  # 1 s at 100 frames/s: the ablation's choice
+    assert make_norm("online(ecm='ac')", 4).alpha_fwd == 0.99
+    assert OnlineNorm(4, stream_axis="time").alpha_fwd == 0.99
+    assert OnlineNorm(4).alpha_fwd == 0.999  # the BatchNorm drop-in keeps the paper's default
+
+
+@pytest.mark.parametrize("spec, version, expected", [
+    ("online", None, "online(alpha_fwd=0.999)"),  # written before versions were recorded
+    ("online", 1, "online(alpha_fwd=0.999)"),
+    ("online", 2, "online"),
+    ("online(ecm='ac')", 1, "online(ecm='ac', alpha_fwd=0.999)"),
+    ("online(alpha_fwd=0.9)", 1, "online(alpha_fwd=0.9)"),  # set explicitly: never changed
+    ("batch", 1, "batch"),
+    ("online_shared", 1, "online_shared"),
+])
+def test_pin_defaults_spells_out_what_an_old_checkpoint_meant(spec, version, expected):
+    from speechnorm.norm import pin_defaults
+
+    assert pin_defaults(spec, version) == expected
+
+
+def test_pinned_spec_rebuilds_the_old_function():
+    from speechnorm.norm import pin_defaults
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 50) * 3 + 1
+    old = OnlineNorm(4, alpha_fwd=0.999, stream_axis="time")  # what "online" built under version 1
+    pinned = make_norm(pin_defaults("online", 1), 4)
+    pinned.load_state_dict(old.state_dict())
+    torch.testing.assert_close(pinned(x), old(x), rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_newer_defaults_is_refused():
+    from speechnorm.norm import DEFAULTS_VERSION, pin_defaults
+
+    with pytest.raises(ValueError, match="newer than this speechnorm"):
+        pin_defaults("online", DEFAULTS_VERSION + 1)
+
+
 @pytest.mark.parametrize("kind", sorted(REQUIRED))
 @pytest.mark.parametrize("shape", [(2, 4, 10), (2, 4, 10, 3)])
 def test_every_kind_keeps_shape_and_rejects_wrong_features(kind, shape):
