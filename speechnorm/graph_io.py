@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 AUDIO, ENHANCED = "audio", "enhanced"
+SPEAKER = "speaker"  # the offline graph's embedding input, for a personalized model
 MIC_AXIS_NAME = "mics"
 STREAM_AXIS_NAME = "streams"  # the batched step graph's leading axis: one row per stream
 

@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from ..assets import REAL_SPEECH
-from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, STREAM_AXIS_NAME, StateTensor, next_name
+from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, SPEAKER, STREAM_AXIS_NAME, StateTensor, next_name
 from ..models import SpectralEnhancer, count_parameters
 from ..models.checkpoint import load_model, resolve_checkpoint
 from ..stream.backends import OnnxModel
@@ -60,7 +60,33 @@ def verification_audio(mics: int, sample_rate: int, seconds: float = VERIFY_SECO
     return np.stack(channels).astype(np.float32)
 
 
+def verification_speakers(model: SpectralEnhancer, count: int) -> list[np.ndarray | None]:
+    """Speaker embeddings to verify a personalized model with (unit, non-negative like the encoder's,
+    seeded; one per stream), or Nones for a plain model."""
+    if not model.personalized:
+        return [None] * count
+    rng = np.random.default_rng(17)
+    raw = np.abs(rng.standard_normal((count, model.speaker_dim))).astype(np.float32)
+    return list(raw / np.linalg.norm(raw, axis=1, keepdims=True))
+
+
 def card_section(model: SpectralEnhancer, specs: list[StateTensor], max_mics: int, opset: int) -> dict:
+    section = _card_section(model, specs, max_mics, opset)
+    if model.personalized:
+        state = f"state.{model.SPEAKER_STATE}"
+        section["speaker"] = {
+            "dim": model.speaker_dim, "state": state,
+            "encoder": "GE2E speaker encoder, the weights of the resemblyzer 0.1.4 wheel (speechnorm.speaker): "
+                       "`speechnorm enroll ME.wav -o me.npy` writes it",
+            "step_graph": f"set input {state} (1, {model.speaker_dim}) to the embedding when a stream opens; "
+                          "the graph passes it through unchanged",
+            "offline_graph": f"input '{SPEAKER}' (1, {model.speaker_dim}) float32",
+        }
+        section["offline_graph"]["inputs"][SPEAKER] = [1, model.speaker_dim]
+    return section
+
+
+def _card_section(model: SpectralEnhancer, specs: list[StateTensor], max_mics: int, opset: int) -> dict:
     return {
         "sample_rate": model.sample_rate,
         "hop_samples": model.hop,
@@ -100,9 +126,11 @@ def verify(model: SpectralEnhancer, step_path: Path, mic_counts: list[int]) -> d
     """Max |ONNX - PyTorch| over real speech, hop by hop and offline, per mic count."""
     onnx_model = OnnxModel(step_path)
     result = {}
+    (speaker,) = verification_speakers(model, 1)
     for mics in mic_counts:
         audio = verification_audio(mics, model.sample_rate)
-        onnx_stream, state = onnx_model.open(mics), model.initial_state(1, mics=mics)
+        onnx_stream = onnx_model.open(mics, speaker=speaker)
+        state = model.initial_state(1, mics=mics, speaker=None if speaker is None else torch.from_numpy(speaker))
         streamed, step_diff = [], 0.0
         for start in range(0, audio.shape[1] - model.hop + 1, model.hop):
             hop = audio[:, start : start + model.hop]
@@ -111,19 +139,21 @@ def verify(model: SpectralEnhancer, step_path: Path, mic_counts: list[int]) -> d
             step_diff = max(step_diff, float(np.abs(onnx_stream.step(hop) - streamed[-1]).max()))
         # The offline graph scans the step, so PyTorch's step scan is its truth (PyTorch's own
         # forward == step scan is the models' contract, tested in tests/property).
-        offline = onnx_model.offline(audio[:, : len(streamed) * model.hop])
+        offline = onnx_model.offline(audio[:, : len(streamed) * model.hop], speaker=speaker)
         offline_diff = float(np.abs(offline - np.concatenate(streamed)).max())
         result[str(mics)] = {"step": step_diff, "offline": offline_diff}
     return result
 
 
-def verify_batch(onnx_model, mics: int, streams: int = 3, hops: int = 100) -> float:
-    """Max |batched - one-stream| when ``streams`` streams of different audio share every call."""
+def verify_batch(onnx_model, mics: int, streams: int = 3, hops: int = 100, speakers: list | None = None) -> float:
+    """Max |batched - one-stream| when ``streams`` streams of different audio (and, personalized,
+    different speakers) share every call."""
 
+    speakers = speakers or [None] * streams
     pool = StatePool(onnx_model, mics)
-    slots = [pool.acquire() for _ in range(streams)]
+    slots = [pool.acquire(speaker) for speaker in speakers]
     audio = [verification_audio(mics, onnx_model.sample_rate) * gain for gain in (1.0, 0.1, 2.0)[:streams]]
-    alone = [onnx_model.open(mics) for _ in range(streams)]
+    alone = [onnx_model.open(mics, speaker=speaker) for speaker in speakers]
     worst = 0.0
     for hop in range(hops):
         piece = [a[:, hop * onnx_model.hop : (hop + 1) * onnx_model.hop] for a in audio]
@@ -156,7 +186,8 @@ def export_module(model: SpectralEnhancer, out_dir: str | Path, card: dict | Non
     specs = state_tensors(model)
     step_bytes = export_step(model, specs, opset=opset)
     batch_bytes = export_batch_step(model, specs, opset=opset)
-    offline = build_offline(step_bytes, specs, model.hop)
+    offline = build_offline(step_bytes, specs, model.hop,
+                            speaker_state=f"state.{model.SPEAKER_STATE}" if model.personalized else None)
     out_dir = Path(out_dir)
     card = dict(card or {})
     card.setdefault("name", out_dir.resolve().name)
@@ -166,14 +197,15 @@ def export_module(model: SpectralEnhancer, out_dir: str | Path, card: dict | Non
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         step = onnx.load_from_string(step_bytes)
-        metadata = {**section, "name": card["name"], "states": [s.to_json() for s in specs]}
+        metadata = {**section, "name": card["name"], "states": [s.to_json() for s in specs]}  # incl. "speaker"
         onnx.helper.set_model_props(step, {"speechnorm": json.dumps(metadata)})
         onnx.save(step, tmp / "model.onnx")
         onnx.save(offline, tmp / "model_offline.onnx")
         (tmp / "model_batch.onnx").write_bytes(batch_bytes)
         try:
             diffs = verify(model, tmp / "model.onnx", sorted({1, min(4, max_mics), max_mics}))
-            batch_diff = verify_batch(OnnxModel(tmp / "model.onnx"), min(4, max_mics))
+            batch_diff = verify_batch(OnnxModel(tmp / "model.onnx"), min(4, max_mics),
+                                      speakers=verification_speakers(model, 3))
         except Exception as err:  # onnxruntime refusing the graph is a failed export too
             raise ExportError(f"onnxruntime could not run the exported graphs: {err}") from err
         worst = max(max(max(d.values()) for d in diffs.values()), batch_diff)

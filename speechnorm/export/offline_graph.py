@@ -4,7 +4,8 @@
 
 The loop body *is* the step graph (its inputs reordered: states first, then the hop), so the
 offline graph and the streaming graph compute the same function by construction. The initial
-state is stored in the graph: each state's one-mic value, tiled to the input's mic count.
+state is stored in the graph: each state's one-mic value, tiled to the input's mic count. A
+personalized model's speaker state is a graph input instead (``speaker``, the embedding).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, StateTensor, next_name
+from ..graph_io import AUDIO, ENHANCED, MIC_AXIS_NAME, SPEAKER, StateTensor, next_name
 
 SAMPLES_AXIS_NAME = "samples"
 
 
-def build_offline(step_bytes: bytes, specs: list[StateTensor], hop: int) -> onnx.ModelProto:
+def build_offline(step_bytes: bytes, specs: list[StateTensor], hop: int, speaker_state: str | None = None) -> onnx.ModelProto:
     step = onnx.load_from_string(step_bytes)
     graph = step.graph
     inputs = {value.name: value for value in graph.input}
@@ -45,7 +46,12 @@ def build_offline(step_bytes: bytes, specs: list[StateTensor], hop: int) -> onnx
     nodes.append(helper.make_node("Shape", [AUDIO], ["audio_shape"]))
     nodes.append(helper.make_node("Slice", ["audio_shape", const("zero", [0]), const("one", [1])], ["mic_count"]))
     initial_names = []
+    graph_inputs = [helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, [MIC_AXIS_NAME, SAMPLES_AXIS_NAME])]
     for spec in specs:
+        if spec.name == speaker_state:  # the embedding comes in: one stream, no mic axis
+            graph_inputs.append(helper.make_tensor_value_info(SPEAKER, TensorProto.FLOAT, list(spec.shape)))
+            initial_names.append(SPEAKER)
+            continue
         init = f"initial_{spec.name}"
         initializers.append(numpy_helper.from_array(spec.initial.astype(np.float32), init))
         if spec.mic_axis is None:
@@ -61,8 +67,10 @@ def build_offline(step_bytes: bytes, specs: list[StateTensor], hop: int) -> onnx
     nodes.append(helper.make_node("Scan", initial_names + ["hops"], final_states + ["enhanced_hops"],
                                   num_scan_inputs=1, scan_input_axes=[1], body=body))
     nodes.append(helper.make_node("Reshape", ["enhanced_hops", const("flat", [-1])], [ENHANCED]))
+    if speaker_state is not None and SPEAKER not in initial_names:
+        raise ValueError(f"no state {speaker_state!r} in the step graph to feed the speaker embedding into")
     graph_out = helper.make_graph(
-        nodes, "offline", [helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, [MIC_AXIS_NAME, SAMPLES_AXIS_NAME])],
+        nodes, "offline", graph_inputs,
         [helper.make_tensor_value_info(ENHANCED, TensorProto.FLOAT, [SAMPLES_AXIS_NAME])], initializers,
     )
     model = helper.make_model(graph_out, opset_imports=list(step.opset_import), producer_name="speechnorm")

@@ -8,6 +8,12 @@ The state is what the layers declare (``speechnorm.state``), by module path. Par
 run once per mic (``PER_MIC``: the STFT's analysis buffer, the per-mic encoder): their states hold
 B·M streams, which is the mic axis of the exported graph; the rest hold B.
 
+A *personalized* model (``speaker_dim`` > 0) also takes the target speaker's embedding
+(``speechnorm.speaker``, from enrollment audio): ``model(audio, speaker=e)`` with e (B, D) or
+(D,), and ``model.initial_state(batch, mics=M, speaker=e)``, which stores it in the state
+(``speaker.embedding``) so that ``step`` needs nothing more. Without one it raises; a plain
+model given one raises too.
+
 The models here are spectral maskers: the causal STFT (``speechnorm.dsp``) of every mic,
 per-mic features, a network that sees all mics and returns a complex ratio mask, the mask
 applied to the reference mic (mic 0), and overlap-add synthesis. The output lags the input by
@@ -62,6 +68,10 @@ class SpectralEnhancer(nn.Module):
     sample_rate = SAMPLE_RATE
     #: Module paths (prefixes) whose state is per mic: B·M streams.
     PER_MIC: tuple[str, ...] = ("stft.buffer", "encoder")
+    #: The state entry holding a personalized model's speaker embedding (its ``speaker`` module).
+    SPEAKER_STATE = "speaker.embedding"
+    #: The size of the speaker embedding a personalized model takes; 0: not personalized.
+    speaker_dim: int = 0
 
     def __init__(self, norm: str, n_fft: int = 320, hop: int = 160):
         super().__init__()
@@ -104,11 +114,39 @@ class SpectralEnhancer(nn.Module):
         if not audio.is_floating_point():
             raise ValueError(f"{name} expects floating-point audio, got {audio.dtype}")
 
-    def forward(self, audio: Tensor) -> Tensor:
-        """(B, M, N) -> (B, N), the enhanced reference mic delayed by ``delay_samples``."""
+    @property
+    def personalized(self) -> bool:
+        return self.speaker_dim > 0
+
+    def check_speaker(self, speaker, batch: int, device=None, dtype=None) -> Tensor | None:
+        """The speaker embedding as (B, D) (a (D,) one is shared by the batch), or None for a plain
+        model; a ValueError that says what is wrong otherwise."""
+        name = type(self).__name__
+        if not self.personalized:
+            if speaker is not None:
+                raise ValueError(f"{name} is not personalized: it takes no speaker embedding")
+            return None
+        if speaker is None:
+            raise ValueError(f"{name} is personalized: give the target speaker's embedding ({self.speaker_dim} values, "
+                             "`speechnorm enroll ME.wav -o me.npy`)")
+        speaker = torch.as_tensor(speaker, device=device, dtype=dtype or torch.float32)
+        if speaker.dim() == 1:
+            speaker = speaker.expand(batch, -1)
+        if tuple(speaker.shape) != (batch, self.speaker_dim):
+            raise ValueError(f"{name} takes a speaker embedding of {self.speaker_dim} values (or one per stream, "
+                             f"({batch}, {self.speaker_dim})), got shape {tuple(speaker.shape)}")
+        if not bool(torch.isfinite(speaker).all()):
+            raise ValueError(f"{name}: the speaker embedding contains NaN or inf")
+        return speaker
+
+    def forward(self, audio: Tensor, speaker: Tensor | None = None) -> Tensor:
+        """(B, M, N) -> (B, N), the enhanced reference mic delayed by ``delay_samples``.
+        ``speaker``: the target's embedding, (B, D) or (D,), for a personalized model only."""
         self._check_audio(audio)
+        speaker = self.check_speaker(speaker, audio.shape[0], audio.device, audio.dtype)
         spectrum = self.stft.analysis(audio)  # (B, M, 2, T, F)
-        return self.stft.synthesis(apply_mask(self.mask(spectrum), spectrum[:, 0]))
+        mask = self.mask(spectrum) if speaker is None else self.mask(spectrum, speaker)
+        return self.stft.synthesis(apply_mask(mask, spectrum[:, 0]))
 
     def per_mic(self, path: str) -> bool:
         return any(path == prefix or path.startswith(prefix + ".") for prefix in self.PER_MIC)
@@ -136,10 +174,15 @@ class SpectralEnhancer(nn.Module):
                 raise ValueError(f"{type(self).__name__}: state '{path}' has shape {tuple(got[path].shape)}, "
                                  f"declared {expected} for {batch} stream(s) of {mics} mic(s)")
 
-    def initial_state(self, batch: int, mics: int = 1, device=None, dtype=None) -> State:
-        """The state before the first hop, for ``batch`` streams of ``mics`` mics."""
-        return unflatten({path: spec.make(batch * mics if per_mic else batch, device, dtype)
-                          for path, (spec, per_mic) in self.state_layout().items()})
+    def initial_state(self, batch: int, mics: int = 1, device=None, dtype=None, speaker=None) -> State:
+        """The state before the first hop, for ``batch`` streams of ``mics`` mics; a personalized
+        model's holds ``speaker`` ((B, D) or (D,), required), which every step then uses."""
+        speaker = self.check_speaker(speaker, batch, device, dtype)
+        flat = {path: spec.make(batch * mics if per_mic else batch, device, dtype)
+                for path, (spec, per_mic) in self.state_layout().items()}
+        if speaker is not None:
+            flat[self.SPEAKER_STATE] = speaker.clone()
+        return unflatten(flat)
 
     def step(self, hop_audio: Tensor, state: State) -> tuple[Tensor, State]:
         """(B, M, hop) -> ((B, hop), new state). Pure: the module is not changed."""
@@ -157,7 +200,8 @@ class SpectralEnhancer(nn.Module):
 
     # subclasses ------------------------------------------------------------
     def mask(self, spectrum: Tensor) -> Tensor:
-        """(B, M, 2, T, F) -> complex mask (B, 2, T, F)."""
+        """(B, M, 2, T, F) -> complex mask (B, 2, T, F). A personalized model's takes the speaker
+        embedding (B, D) as a second argument."""
         raise NotImplementedError
 
     def mask_step(self, frame: Tensor, state: State, batch: int) -> tuple[Tensor, State]:

@@ -214,6 +214,43 @@ class LSTM(Streamable):
         return x_t, {"hidden": torch.stack(hidden), "cell": torch.stack(cell)}
 
 
+class SpeakerFiLM(Streamable):
+    """Conditions features on a speaker embedding: x · (1 + γ(e)) + β(e) per channel, with γ and β
+    one linear map of the embedding e (feature-wise linear modulation, Perez et al. 2018).
+
+    The map starts at zero, so a personalized model warm-started from a plain one begins as that
+    model. The embedding is the one state entry that never changes over a stream: a streaming
+    runtime sets it when the stream opens (``SpectralEnhancer.initial_state(..., speaker=e)``), and
+    the exported step graph carries it as ``state.<path>.embedding``.
+    """
+
+    def __init__(self, speaker_dim: int, channels: int):
+        super().__init__()
+        if speaker_dim < 1:
+            raise ValueError(f"speaker_dim must be positive, got {speaker_dim}")
+        self.speaker_dim, self.channels = speaker_dim, channels
+        self.proj = nn.Linear(speaker_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def condition(self, x: Tensor, embedding: Tensor) -> Tensor:
+        """x (B, C) or (B, C, T[, F]), embedding (B, D) -> x's shape."""
+        gamma, beta = self.proj(embedding).chunk(2, dim=-1)  # (B, C) each
+        view = gamma.shape + (1,) * (x.dim() - 2)
+        return x * (1.0 + gamma.reshape(view)) + beta.reshape(view)
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise TypeError("SpeakerFiLM needs the speaker embedding: call condition(x, embedding)")
+
+    def state_spec(self) -> dict[str, StateSpec]:
+        return {"embedding": StateSpec(torch.zeros(self.speaker_dim),
+                                       "the enrolled speaker's embedding (B, D): set when the stream opens, "
+                                       "passed through unchanged (`speechnorm enroll`)")}
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.condition(x_t, state["embedding"]), state
+
+
 class Sequential(Streamable):
     """Streamable layers in a row; the state is each layer's, under its index ({"layers": {"0": …}})."""
 

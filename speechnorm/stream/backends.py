@@ -3,6 +3,9 @@
 A *model* (``OnnxModel`` or ``TorchModel``) is loaded once and shared; ``model.open(mics)`` gives
 a ``Stream``: one stream's state, advanced by ``stream.step(hop_audio)`` with hop_audio
 (M, hop) float32 -> (hop,) float32. ``model.offline(audio)`` runs a whole utterance (M, N).
+A personalized model (``model.speaker_dim`` > 0) needs the target speaker's embedding:
+``model.open(mics, speaker=e)``, ``model.offline(audio, speaker=e)``; the stream keeps it (it is
+a state tensor of the step graph, ``state.speaker.embedding``, that never changes).
 
 The onnxruntime stream binds preallocated buffers once (IO binding) and alternates two state
 sets (ping-pong), so a hop allocates nothing on the Python side.
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..graph_io import AUDIO, ENHANCED, StateTensor, next_name
+from ..graph_io import AUDIO, ENHANCED, SPEAKER, StateTensor, next_name
 
 METADATA_KEY = "speechnorm"
 STEP_FILE, OFFLINE_FILE, BATCH_FILE = "model.onnx", "model_offline.onnx", "model_batch.onnx"
@@ -32,10 +35,33 @@ class ModelInfo:
     min_mics: int = 1
     max_mics: int = DEFAULT_MAX_MICS
     name: str = "model"
+    speaker_dim: int = 0  # > 0: personalized, takes a speaker embedding of this size
 
     def check_mics(self, mics: int) -> None:
         if not isinstance(mics, (int, np.integer)) or not self.min_mics <= mics <= self.max_mics:
             raise ValueError(f"{self.name} takes {self.min_mics} to {self.max_mics} microphones, got {mics}")
+
+    def check_speaker(self, speaker) -> np.ndarray | None:
+        """The speaker embedding as (D,) float32, None for a plain model, or a ValueError saying why not."""
+        if not self.speaker_dim:
+            if speaker is not None:
+                raise ValueError(f"{self.name} is not personalized: it takes no speaker embedding")
+            return None
+        if speaker is None:
+            raise ValueError(f"{self.name} is personalized: give the target speaker's embedding ({self.speaker_dim} "
+                             "values; `speechnorm enroll ME.wav -o me.npy`, or --enroll ME.wav)")
+        try:
+            speaker = np.asarray(speaker, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"the speaker embedding must be {self.speaker_dim} numbers, got {type(speaker).__name__}") from None
+        if speaker.ndim == 2 and speaker.shape[0] == 1:  # one row, as (1, D)
+            speaker = speaker[0]
+        if speaker.shape != (self.speaker_dim,):
+            raise ValueError(f"{self.name} takes a speaker embedding of {self.speaker_dim} values, got shape "
+                             f"{np.shape(speaker)}")
+        if not np.isfinite(speaker).all():
+            raise ValueError("the speaker embedding contains NaN or inf")
+        return np.ascontiguousarray(speaker, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------- onnxruntime
@@ -72,6 +98,9 @@ class OnnxModel(ModelInfo):
         self.delay_samples, self.latency_ms = int(meta["delay_samples"]), float(meta["latency_ms"])
         self.min_mics, self.max_mics = int(meta["mics"]["min"]), int(meta["mics"]["max"])
         self.states = [StateTensor.from_json(s) for s in meta["states"]]
+        speaker = meta.get("speaker")  # personalized: which state holds the embedding
+        self.speaker_dim = int(speaker["dim"]) if speaker else 0
+        self.speaker_index = [s.name for s in self.states].index(speaker["state"]) if speaker else None
         self.threads = threads
         self._offline = None
         self._batch = None
@@ -90,12 +119,20 @@ class OnnxModel(ModelInfo):
                                                providers=["CPUExecutionProvider"])
         return self._batch
 
-    def open(self, mics: int) -> "OnnxStream":
+    def open(self, mics: int, speaker=None) -> "OnnxStream":
         self.check_mics(mics)
-        return OnnxStream(self, mics)
+        return OnnxStream(self, mics, self.check_speaker(speaker))
 
-    def offline(self, audio: np.ndarray) -> np.ndarray:
+    def initial_states(self, mics: int, speaker: np.ndarray | None = None) -> list[np.ndarray]:
+        """Every state's initial value for one stream of ``mics`` mics (``speaker``: checked, or None)."""
+        initial = [spec.initial_for(mics) for spec in self.states]
+        if speaker is not None:  # the state's shape: (1, D)
+            initial[self.speaker_index] = speaker.reshape(initial[self.speaker_index].shape).copy()
+        return initial
+
+    def offline(self, audio: np.ndarray, speaker=None) -> np.ndarray:
         """(M, N) with N a multiple of the hop -> (N,), through ``model_offline.onnx`` beside the step graph."""
+        speaker = self.check_speaker(speaker)
         if self._offline is None:
             import onnxruntime as ort
 
@@ -108,17 +145,20 @@ class OnnxModel(ModelInfo):
         if audio.shape[1] == 0 or audio.shape[1] % self.hop:
             raise ValueError(f"the offline graph needs a positive multiple of the hop ({self.hop}) samples, "
                              f"got {audio.shape[1]}; pad the end with zeros")
-        return self._offline.run(None, {AUDIO: np.ascontiguousarray(audio, dtype=np.float32)})[0]
+        feeds = {AUDIO: np.ascontiguousarray(audio, dtype=np.float32)}
+        if speaker is not None:
+            feeds[SPEAKER] = speaker[None]  # (1, D), as the step graph's state
+        return self._offline.run(None, feeds)[0]
 
 
 class OnnxStream:
     """One stream through a shared onnxruntime session, with preallocated, bound buffers."""
 
-    def __init__(self, model: OnnxModel, mics: int):
+    def __init__(self, model: OnnxModel, mics: int, speaker: np.ndarray | None = None):
         self.model, self.mics = model, mics
         self.audio = np.zeros((mics, model.hop), np.float32)
         self.enhanced = np.zeros(model.hop, np.float32)
-        self._initial = [spec.initial_for(mics) for spec in model.states]
+        self._initial = model.initial_states(mics, speaker)  # a reset keeps the speaker
         self._states = [[s.copy() for s in self._initial] for _ in range(2)]
         self._bindings = [self._bind(self._states[k], self._states[1 - k]) for k in range(2)]
         self._current = 0
@@ -161,26 +201,32 @@ class TorchModel(ModelInfo):
         self.sample_rate, self.hop = self.module.sample_rate, self.module.hop
         self.delay_samples, self.latency_ms = self.module.delay_samples, self.module.latency_ms
         self.max_mics = max_mics
+        self.speaker_dim = self.module.speaker_dim
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
 
-    def open(self, mics: int) -> "TorchStream":
+    def open(self, mics: int, speaker=None) -> "TorchStream":
         self.check_mics(mics)
-        return TorchStream(self, mics)
+        return TorchStream(self, mics, self.check_speaker(speaker))
 
-    def offline(self, audio: np.ndarray) -> np.ndarray:
+    def offline(self, audio: np.ndarray, speaker=None) -> np.ndarray:
         import torch
 
         self.check_mics(audio.shape[0])
+        speaker = self.check_speaker(speaker)
         with torch.inference_mode():
-            return self.module(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None])[0].numpy()
+            return self.module(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None],
+                               speaker=None if speaker is None else torch.from_numpy(speaker))[0].numpy()
 
 
 class TorchStream:
-    def __init__(self, model: TorchModel, mics: int):
+    def __init__(self, model: TorchModel, mics: int, speaker: np.ndarray | None = None):
+        import torch
+
         self.model, self.mics = model, mics
+        self.speaker = None if speaker is None else torch.from_numpy(speaker)
         self.reset()
 
     def step(self, hop_audio: np.ndarray) -> np.ndarray:
@@ -191,7 +237,7 @@ class TorchStream:
         return out[0].numpy()
 
     def reset(self) -> None:
-        self.state = self.model.module.initial_state(1, mics=self.mics)
+        self.state = self.model.module.initial_state(1, mics=self.mics, speaker=self.speaker)
 
 
 def load(path: str | Path, backend: str = "auto", threads: int = 1) -> OnnxModel | TorchModel:

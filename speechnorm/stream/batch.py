@@ -53,20 +53,28 @@ class StatePool:
         for slot in range(old, capacity):
             heapq.heappush(self._free, slot)
 
-    def acquire(self) -> int:
-        """A free slot, at its initial state (the lowest free one: active rows stay packed)."""
+    def acquire(self, speaker=None) -> int:
+        """A free slot, at its initial state (the lowest free one: active rows stay packed). A
+        personalized model's stream holds its speaker's embedding (``speaker``) in its row."""
+        speaker = self.model.check_speaker(speaker)
         if not self._free:
             self._grow(2 * self.rows[0].shape[0])
         slot = heapq.heappop(self._free)
-        self.reset(slot)
+        for rows, init in zip(self.rows, self.initial):
+            rows[slot] = init
+        if speaker is not None:
+            self.rows[self.model.speaker_index][slot] = speaker[None]  # the state's (1, D)
         return slot
 
     def release(self, slot: int) -> None:
         heapq.heappush(self._free, slot)
 
     def reset(self, slot: int) -> None:
-        for rows, init in zip(self.rows, self.initial):
-            rows[slot] = init
+        """The slot's stream starts over (for the same speaker, if personalized)."""
+        keep = self.model.speaker_index
+        for index, (rows, init) in enumerate(zip(self.rows, self.initial)):
+            if index != keep:
+                rows[slot] = init
 
     def run(self, slots: list[int] | np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One hop of each of ``slots``' streams: audio (S, mics, hop) -> enhanced (S, hop); states advance."""
@@ -97,8 +105,8 @@ class StatePool:
 class PoolSlot:
     """One stream's row of a pool, as ``StreamingEnhancer``'s stream: ``step`` runs a batch of one."""
 
-    def __init__(self, pool: StatePool):
-        self.pool, self.slot = pool, pool.acquire()
+    def __init__(self, pool: StatePool, speaker=None):
+        self.pool, self.slot = pool, pool.acquire(speaker)
         self.released = False
         self.last_submit = float("-inf")  # when its stream last gave the batcher work
 
@@ -139,10 +147,11 @@ class Batcher:
         self._turn = 0
         self.rounds = self.hops = 0
 
-    def open(self, mics: int) -> PoolSlot:
-        """A new stream's slot (its pool made on first use of a mic count)."""
+    def open(self, mics: int, speaker=None) -> PoolSlot:
+        """A new stream's slot (its pool made on first use of a mic count); ``speaker``: the
+        embedding of a personalized model's target speaker."""
         pool = self.pools.get(mics) or self.pools.setdefault(mics, StatePool(self.model, mics))
-        slot = PoolSlot(pool)
+        slot = PoolSlot(pool, speaker)
         self.queues[slot] = deque()
         return slot
 

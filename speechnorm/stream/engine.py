@@ -26,20 +26,22 @@ MAX_ABS_SAMPLE = 64.0
 class StreamingEnhancer:
     """One stream through a loaded model (shared between engines); see the module docstring."""
 
-    def __init__(self, model: OnnxModel | TorchModel, mics: int, stream=None):
-        """``stream``: where this engine's hops are stepped (default ``model.open(mics)``, its own
-        state); e.g. a slot of a batched pool (``speechnorm.stream.batch``)."""
+    def __init__(self, model: OnnxModel | TorchModel, mics: int, stream=None, speaker=None):
+        """``stream``: where this engine's hops are stepped (default ``model.open(mics, speaker)``,
+        its own state); e.g. a slot of a batched pool (``speechnorm.stream.batch``). ``speaker``:
+        the target speaker's embedding, for a personalized model (``speechnorm.speaker``)."""
         model.check_mics(mics)
         self.model: ModelInfo = model
         self.mics = mics
         self.hop = model.hop
-        self._stream = model.open(mics) if stream is None else stream
+        self._stream = model.open(mics, speaker=speaker) if stream is None else stream
         self._pending = np.zeros((mics, self.hop), np.float32)
         self.reset()
 
     @classmethod
-    def from_path(cls, path: str | Path, mics: int, backend: str = "auto", threads: int = 1) -> "StreamingEnhancer":
-        return cls(load(path, backend=backend, threads=threads), mics)
+    def from_path(cls, path: str | Path, mics: int, backend: str = "auto", threads: int = 1,
+                  speaker=None) -> "StreamingEnhancer":
+        return cls(load(path, backend=backend, threads=threads), mics, speaker=speaker)
 
     @property
     def sample_rate(self) -> int:
