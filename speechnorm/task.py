@@ -52,7 +52,8 @@ class EnhancementTask(L.LightningModule):
         lr, weight_decay: AdamW. stft_weight, sisdr_weight: the loss mix.
         quality_every_val: compute PESQ/STOI in validation (slow on long validation sets).
         init_from: a checkpoint or released model folder whose model weights start this run (a warm
-            start: weights only, not its optimizer or step count); its model must match this one.
+            start: weights only, not its optimizer or step count); its model must match this one,
+            except that a plain model may start a personalized one (whose speaker FiLM starts at zero).
     """
 
     def __init__(
@@ -71,8 +72,12 @@ class EnhancementTask(L.LightningModule):
         from .models.checkpoint import load_model
 
         source, info = load_model(path)
+        weights = source.state_dict()
+        if self.model.personalized and not source.personalized:
+            # a plain model starts a personalized one: its speaker FiLM starts at zero, i.e. as that model
+            weights.update({k: v for k, v in self.model.state_dict().items() if k.startswith("speaker.")})
         try:
-            self.model.load_state_dict(source.state_dict())
+            self.model.load_state_dict(weights)
         except RuntimeError as err:
             raise ValueError(f"init_from {path}: its model ({info.get('model')}, {info.get('size')}) does not match "
                              f"this one ({self.hparams.model}, {self.hparams.size}): {str(err).splitlines()[0]}") from None
@@ -95,16 +100,16 @@ class EnhancementTask(L.LightningModule):
             self.model = build(self.hparams.model, norm=pinned, size=self.hparams.size,
                                **(self.hparams.model_config or {}))
 
-    def forward(self, noisy: Tensor) -> Tensor:
-        return self.model(noisy)
+    def forward(self, noisy: Tensor, speaker: Tensor | None = None) -> Tensor:
+        return self.model(noisy, speaker=speaker)
 
     def aligned(self, estimate: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Drop the model's fixed delay: estimate[n + delay] estimates target[n] (``scoring.align``)."""
         return align(estimate, target, self.model.delay_samples)
 
     def common_step(self, batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
-        noisy, target = batch
-        estimate = self(noisy)
+        noisy, target, *speaker = batch  # personalized data: (noisy, target, embedding)
+        estimate = self(noisy, *speaker)
         raise_if_nonfinite()  # the normalizers' input check, deferred on CUDA: one sync here, none in the model
         estimate, target = self.aligned(estimate, target)
         sdr = si_sdr(estimate, target).mean()
@@ -132,8 +137,8 @@ class EnhancementTask(L.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         split = TEST_SPLITS[dataloader_idx]
-        noisy, target = batch
-        for item_noisy, estimate, item_target in zip(noisy, self(noisy), target):
+        noisy, target, *speaker = batch
+        for item_noisy, estimate, item_target in zip(noisy, self(noisy, *speaker), target):
             scores = score_clip(estimate, item_noisy, item_target, self.model.sample_rate, self.model.delay_samples)
             for key, value in scores.items():
                 if value == value:

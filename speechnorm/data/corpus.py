@@ -115,6 +115,14 @@ class Corpus:
         """The file's speaker (manifest), else its name group."""
         return self._row(path).get("speaker") or Path(path).name.split("__")[0]
 
+    def voice_files(self, speaker: str) -> list[Path]:
+        """The clean files of ``speaker`` (enrollment for personalized items draws from these)."""
+        if not hasattr(self, "_by_speaker"):
+            self._by_speaker: dict[str, list[Path]] = {}
+            for path in self.clean:
+                self._by_speaker.setdefault(self.speaker(path), []).append(path)
+        return self._by_speaker.get(speaker, [])
+
     def other_voices(self, speaker: str) -> list[Path]:
         """The clean files of every other speaker (all files when there is no other), computed once
         per speaker: babble and competing talkers draw from these for every item."""

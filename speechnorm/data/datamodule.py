@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from . import synthetic
 from .corpus import Corpus
-from .dataset import BlockBatchSampler, SimulatedMixtures
+from .dataset import BlockBatchSampler, Personalization, SimulatedMixtures
 from .rooms import MixSpec
 
 
@@ -31,6 +31,9 @@ class EnhancementDataModule(L.LightningDataModule):
         rir_dir: measured multi-channel RIRs (optional): one sub-folder per room and array, one
             file per source position (channels = mics). ``measured_fraction`` of the items of the
             seen-array splits then use them instead of a simulated room.
+        personalize: items for personalized models (``dataset.Personalization``): {"interferers":
+            [0, 2], "sir_db": [-5, 10], "embeddings_dir": ".cache/embeddings"}; each item then also
+            holds the target speaker's embedding, from another utterance of that speaker.
     """
 
     def __init__(
@@ -43,12 +46,17 @@ class EnhancementDataModule(L.LightningDataModule):
         distance: tuple[float, float] | None = None, late_reverb: bool = False, mic_gain_db: float = 0.0,
         sensor_snr_db: tuple[float, float] | None = None, noise_kinds: dict[str, float] | None = None,
         talker_snr_floor_db: float = 0.0, test_t60: tuple[float, float] | None = None,
-        test_snr_db: tuple[float, float] | None = None,
+        test_snr_db: tuple[float, float] | None = None, personalize: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         if (clean_dir is None) != (noise_dir is None):
             raise ValueError("give both clean_dir and noise_dir, or neither (for the synthetic corpus)")
+        try:
+            self.personalization = None if personalize is None else Personalization(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in personalize.items()})
+        except TypeError as err:
+            raise ValueError(f"personalize: {err} (keys: interferers, sir_db, embeddings_dir)") from None
         self.datasets: dict[str, SimulatedMixtures] = {}
         self._resume_batches = 0
 
@@ -87,7 +95,7 @@ class EnhancementDataModule(L.LightningDataModule):
             self.datasets[split] = SimulatedMixtures(
                 corpus, split, size, hp.seconds, hp.seed, mic_block=self.block(split),
                 spec=test_spec if split.startswith("test") else spec, cache_dir=hp.cache_dir,
-                measured_fraction=hp.measured_fraction,
+                measured_fraction=hp.measured_fraction, personalize=self.personalization,
             )
 
     def block(self, split: str) -> int:

@@ -6,6 +6,11 @@ stream, so evaluation can group items by condition without simulating them. Item
 of ``mic_block`` that share a mic count, so a batch stacks (evaluation splits use blocks of 1: their
 items do not depend on the training batch size); the ``BlockBatchSampler`` shuffles whole blocks. With ``cache_dir`` set, each simulated item is
 kept on disk and reused in later epochs (it is the same item either way).
+
+With ``personalize`` (``Personalization``) an item is (noisy, target, embedding): the target
+speaker's embedding from a *different* utterance of the same speaker (``enrollment``), and 0-2
+competing talkers of other speakers, each from its own position, at a drawn signal-to-interference
+ratio, on top of the noise. The plan then also holds ``interferers`` and ``sir_db``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from .corpus import Corpus
+from .enrollment import EmbeddingCache
 from .rooms import MixSpec, mix, sample_array, sample_mics, simulate
 
 SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "test_unseen": 4}
@@ -39,14 +46,39 @@ def fit_length(signal: Tensor, samples: int, rng: np.random.Generator, tile: boo
     return out
 
 
+@dataclass(frozen=True)
+class Personalization:
+    """Items for personalized models (module docstring).
+
+    interferers: the range of competing talkers per item (drawn uniformly, inclusive).
+    sir_db: each talker's level below the reverberant target at mic 0, dB (negative: louder).
+    embeddings_dir: where utterance embeddings are cached (None: memory only).
+    """
+
+    interferers: tuple[int, int] = (0, 2)
+    sir_db: tuple[float, float] = (-5.0, 10.0)
+    embeddings_dir: str | None = None
+
+    def __post_init__(self):
+        low, high = self.interferers
+        if not 0 <= low <= high <= 4:
+            raise ValueError(f"interferers must be a range within [0, 4], got {self.interferers}")
+        if not self.sir_db[0] <= self.sir_db[1]:
+            raise ValueError(f"sir_db must be (low, high), got {self.sir_db}")
+
+
 class SimulatedMixtures(Dataset):
-    """(noisy (M, N), target (N,)) pairs for one split."""
+    """(noisy (M, N), target (N,)) pairs for one split; with ``personalize``, (noisy, target,
+    embedding (D,)) triples."""
 
     def __init__(
         self, corpus: Corpus, split: str, size: int, seconds: float = 2.0, seed: int = 0, mic_block: int = 8,
         spec: MixSpec = MixSpec(), cache_dir: str | Path | None = None, hop: int = 160, measured_fraction: float = 0.5,
+        personalize: Personalization | None = None,
     ):
         self.corpus, self.split, self.size, self.seed, self.mic_block, self.spec = corpus, split, size, seed, mic_block, spec
+        self.personalize = personalize
+        self.embeddings = EmbeddingCache(personalize.embeddings_dir) if personalize else None
         self.samples = int(seconds * corpus.sample_rate) // hop * hop
         self.unseen = split == "test_unseen"
         # Measured rooms keep their real arrays, so they stay out of the held-out-geometry split.
@@ -54,6 +86,8 @@ class SimulatedMixtures(Dataset):
         # The cache key covers everything an item depends on, so a changed corpus or setting never
         # reads stale items.
         recipe = repr((self.spec, measured_fraction, corpus.clean, corpus.noise, corpus.rooms, mic_block))
+        if personalize is not None:  # (left out otherwise: the items of plain recipes keep their cache)
+            recipe += repr((personalize.interferers, personalize.sir_db))
         digest = hashlib.sha1(recipe.encode()).hexdigest()[:10]
         self.cache = Path(cache_dir) / f"{split}-seed{seed}-n{self.samples}-{digest}" if cache_dir else None
 
@@ -74,8 +108,26 @@ class SimulatedMixtures(Dataset):
             low, high = max(low, self.spec.talker_snr_floor_db), max(high, self.spec.talker_snr_floor_db)
         sources = {"babble": int(rng.integers(3, 9)), "talker": 1}.get(
             kind, int(rng.integers(self.spec.noise_sources[0], self.spec.noise_sources[1] + 1)))
-        return {"noise": kind, "sources": sources, "t60": float(rng.uniform(*self.spec.t60)),
+        plan = {"noise": kind, "sources": sources, "t60": float(rng.uniform(*self.spec.t60)),
                 "snr_db": float(rng.uniform(low, high)), "mics": self.mics(index)}
+        if self.personalize is not None:  # its own stream: the plain conditions above are unchanged
+            talkers = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 3])
+            plan["interferers"] = int(talkers.integers(self.personalize.interferers[0], self.personalize.interferers[1] + 1))
+            plan["sir_db"] = float(talkers.uniform(*self.personalize.sir_db))
+        return plan
+
+    def _enrolled_target(self, rng: np.random.Generator) -> tuple[Tensor, Path, np.ndarray]:
+        """A target utterance whose speaker has another utterance that enrolls, and that one's
+        embedding."""
+        for _ in range(50):
+            clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
+            others = [p for p in self.corpus.voice_files(self.corpus.speaker(path)) if p != path]
+            for pick in rng.permutation(len(others))[:8]:
+                embedding = self.embeddings.get(others[pick])
+                if embedding is not None:
+                    return clean, path, embedding
+        raise ValueError(f"personalized items of split {self.split!r} need speakers with two or more utterances of "
+                         "2 s of speech or more; this corpus has too few (check its speaker labels)")
 
     def _noises(self, rng: np.random.Generator, plan: dict, speaker: str) -> list[Tensor]:
         kind = plan["noise"]
@@ -94,20 +146,31 @@ class SimulatedMixtures(Dataset):
             return tuple(torch.load(cached))
         plan = self.plan(index)
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
-        clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
+        if self.personalize is None:
+            clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
+            embedding = None
+        else:
+            clean, path, embedding = self._enrolled_target(rng)
+        speaker = self.corpus.speaker(path)
         speech = fit_length(clean, self.samples, rng, tile=False)
-        noises = self._noises(rng, plan, self.corpus.speaker(path))
+        noises = self._noises(rng, plan, speaker)
+        talkers = [fit_length(self.corpus.load("clean", int(rng.integers(1 << 30)), files=self.corpus.other_voices(speaker)),
+                              self.samples, rng, tile=True) for _ in range(plan.get("interferers", 0))]
+        sir = {"interferers": talkers, "sir_db": plan.get("sir_db")}
         mics = plan["mics"]
         rooms = [folder for folder, channels in self.corpus.rooms if channels >= mics]
         if rooms and rng.random() < self.measured_fraction:
             folder = rooms[int(rng.integers(len(rooms)))]
-            positions = rng.permutation(1 << 10)[: 1 + len(noises)].tolist()  # distinct source positions
-            target_rir, *noise_rirs = self.corpus.load_rirs(folder, positions, mics)
-            noisy, target = mix(rng, speech, noises, target_rir, noise_rirs, self.spec, snr_db=plan["snr_db"])
+            positions = rng.permutation(1 << 10)[: 1 + len(noises) + len(talkers)].tolist()  # distinct source positions
+            target_rir, *other_rirs = self.corpus.load_rirs(folder, positions, mics)
+            noisy, target = mix(rng, speech, noises, target_rir, other_rirs[: len(noises)], self.spec, snr_db=plan["snr_db"],
+                                interferer_rirs=other_rirs[len(noises) :], **sir)
         else:
             _, geometry = sample_array(rng, self.unseen, mics)
-            noisy, target = simulate(rng, speech, noises, geometry, self.spec, t60=plan["t60"], snr_db=plan["snr_db"])
+            noisy, target = simulate(rng, speech, noises, geometry, self.spec, t60=plan["t60"], snr_db=plan["snr_db"], **sir)
         item = (noisy.float().contiguous(), target.float().contiguous())
+        if embedding is not None:
+            item += (torch.from_numpy(np.asarray(embedding, np.float32)),)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:

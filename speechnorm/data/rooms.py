@@ -98,11 +98,13 @@ def _position(rng: np.random.Generator, room: np.ndarray, margin: float = 0.5) -
 
 
 def simulate(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], geometry: np.ndarray, spec: MixSpec,
-             t60: float | None = None, snr_db: float | None = None):
+             t60: float | None = None, snr_db: float | None = None, interferers: list[Tensor] = (),
+             sir_db: float | None = None):
     """Mix ``speech`` (N,) and noise signals in a random room as heard by ``geometry``.
 
-    ``t60`` and ``snr_db`` are drawn from ``spec`` unless given. Returns noisy (M, N) and
-    target (N,): direct path + early reflections at mic 0.
+    ``t60`` and ``snr_db`` are drawn from ``spec`` unless given. ``interferers``: competing
+    talkers, each from its own position at the target's distance range, at ``sir_db`` (see
+    ``mix``). Returns noisy (M, N) and target (N,): direct path + early reflections at mic 0.
     """
     room_dim = np.array([rng.uniform(3, 10), rng.uniform(3, 8), rng.uniform(2.5, 4)])
     t60 = max(rng.uniform(*spec.t60) if t60 is None else t60, shortest_t60(room_dim))
@@ -113,15 +115,19 @@ def simulate(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], geo
     room.add_source(_speaker_position(rng, room_dim, centre, spec.distance))
     for _ in noises:
         room.add_source(_position(rng, room_dim))
+    for _ in interferers:  # drawn after everything else: items without interferers stay as they were
+        room.add_source(_speaker_position(rng, room_dim, centre, spec.distance))
     room.compute_rir()
     mics = geometry.shape[1]
-    rirs = [[room.rir[m][s] for m in range(mics)] for s in range(1 + len(noises))]
+    rirs = [[room.rir[m][s] for m in range(mics)] for s in range(1 + len(noises) + len(interferers))]
     if spec.late_reverb:
         rirs = [with_late_tail(rng, r, t60, room_dim, geometry) for r in rirs]
     length = max(len(r) for per_source in rirs for r in per_source)
     rirs = [torch.stack([torch.nn.functional.pad(torch.as_tensor(np.asarray(r, np.float32)), (0, length - len(r)))
                          for r in per_source]) for per_source in rirs]
-    return mix(rng, speech, noises, rirs[0], rirs[1:], spec, snr_db=snr_db)
+    noise_rirs, interferer_rirs = rirs[1 : 1 + len(noises)], rirs[1 + len(noises) :]
+    return mix(rng, speech, noises, rirs[0], noise_rirs, spec, snr_db=snr_db, interferers=interferers,
+               interferer_rirs=interferer_rirs, sir_db=sir_db)
 
 
 def _speaker_position(rng: np.random.Generator, room: np.ndarray, centre: np.ndarray,
@@ -179,11 +185,14 @@ def with_late_tail(rng: np.random.Generator, rirs: list[np.ndarray], t60: float,
 
 
 def mix(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], target_rir: Tensor, noise_rirs: list[Tensor],
-        spec: MixSpec, snr_db: float | None = None) -> tuple[Tensor, Tensor]:
+        spec: MixSpec, snr_db: float | None = None, interferers: list[Tensor] = (), interferer_rirs: list[Tensor] = (),
+        sir_db: float | None = None) -> tuple[Tensor, Tensor]:
     """Speech and noises (N,) through room impulse responses (M, K) — simulated or measured.
 
     Returns noisy (M, N) at a random SNR (measured at mic 0) and the target (N,): the speech
-    through the first 50 ms of mic 0's response after its direct-path peak.
+    through the first 50 ms of mic 0's response after its direct-path peak. Each of
+    ``interferers`` (competing talkers, through ``interferer_rirs``) is set to ``sir_db`` below
+    the reverberant target at mic 0; they are not part of the noise the SNR measures.
     """
     samples = speech.shape[-1]
 
@@ -197,6 +206,12 @@ def mix(rng: np.random.Generator, speech: Tensor, noises: list[Tensor], target_r
     snr = rng.uniform(*spec.snr_db) if snr_db is None else snr_db
     gain = torch.sqrt(reverberant[0].square().mean() / (noise[0].square().mean() * 10 ** (snr / 10) + 1e-12))
     noisy = reverberant + gain * noise
+    if len(interferers) != len(interferer_rirs) or (len(interferers) and sir_db is None):
+        raise ValueError("give one RIR per interferer, and sir_db")
+    for talker, rirs in zip(interferers, interferer_rirs):
+        voice = heard(talker, rirs)
+        noisy = noisy + voice * torch.sqrt(reverberant[0].square().mean()
+                                           / (voice[0].square().mean() * 10 ** (sir_db / 10) + 1e-12))
     if spec.sensor_snr_db is not None:
         level = reverberant[0].square().mean() / 10 ** (rng.uniform(*spec.sensor_snr_db) / 10)
         noisy = noisy + torch.sqrt(level) * torch.from_numpy(rng.standard_normal(tuple(noisy.shape))).float()

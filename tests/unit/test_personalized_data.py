@@ -1,0 +1,123 @@
+"""Data for personalized models: each item's embedding enrolls the target's speaker from another
+of their utterances, competing talkers sit at the drawn SIR, and plain items do not change."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechnorm import speaker
+from speechnorm.data.corpus import Corpus
+from speechnorm.data.dataset import Personalization, SimulatedMixtures
+from speechnorm.data.enrollment import EmbeddingCache
+from speechnorm.data.rooms import MixSpec, mix
+
+needs_encoder = pytest.mark.skipif(importlib.util.find_spec("resemblyzer") is None,
+                                   reason="the speaker encoder's weights are not installed (make venv installs them)")
+CONVERSATION = Path(speaker.__file__).parent / "assets" / "real_speech" / "conversation.flac"
+# stretches where one speaker talks alone (conversation.rttm)
+TURNS = {"spkA__1": (10.6, 14.45), "spkA__2": (18.6, 21.45), "spkB__1": (14.75, 17.9), "spkB__2": (21.8, 27.8)}
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """Two real speakers, two utterances each (the file name's group is the speaker), and noise."""
+    root = tmp_path_factory.mktemp("voices")
+    wav, rate = sf.read(CONVERSATION, dtype="float32")
+    (root / "clean").mkdir()
+    (root / "noise").mkdir()
+    for name, (start, end) in TURNS.items():
+        sf.write(root / "clean" / f"{name}.wav", wav[int(start * rate): int(end * rate)], rate)
+    rng = np.random.default_rng(0)
+    sf.write(root / "noise" / "hum.wav", (0.05 * rng.standard_normal(2 * rate)).astype(np.float32), rate)
+    return root
+
+
+def dataset(voices, personalize, size=6, tmp=None):
+    corpus = Corpus(voices / "clean", voices / "noise", "train")
+    spec = MixSpec(noise_kinds=(("noise", 1.0),), distance=(0.5, 2.0))
+    return SimulatedMixtures(corpus, "train", size, seconds=1.0, seed=5, mic_block=1, spec=spec,
+                             personalize=personalize, cache_dir=tmp)
+
+
+def test_talkers_sit_at_the_drawn_sir():
+    rng = np.random.default_rng(0)
+    speech, talker = torch.randn(8000), torch.randn(8000)
+    delta = torch.zeros(2, 64)
+    delta[:, 0] = 1.0  # a direct path only: the reverberant target is the target
+    spec = MixSpec(snr_db=(200.0, 200.0))  # noise far below: what is left besides the target is the talker
+    noisy, target = mix(rng, speech, [torch.randn(8000)], delta, [delta], spec, interferers=[talker],
+                        interferer_rirs=[delta], sir_db=3.0)
+    residual = noisy[0] - target
+    measured = 10 * torch.log10(target.square().mean() / residual.square().mean())
+    assert abs(float(measured) - 3.0) < 0.01
+    with pytest.raises(ValueError, match="one RIR per interferer"):
+        mix(rng, speech, [torch.randn(8000)], delta, [delta], spec, interferers=[talker], interferer_rirs=[], sir_db=3.0)
+
+
+def test_plain_items_do_not_change(voices):
+    plain = dataset(voices, None)
+    before = [plain[i] for i in range(3)]
+    personalized_plan = dataset(voices, Personalization()).plan(1)
+    assert {k: v for k, v in personalized_plan.items() if k not in ("interferers", "sir_db")} == plain.plan(1)
+    again = dataset(voices, None)
+    for (noisy, target), (noisy2, target2) in zip(before, (again[i] for i in range(3))):
+        assert torch.equal(noisy, noisy2) and torch.equal(target, target2)
+
+
+def test_plan_draws_talkers_in_range(voices):
+    data = dataset(voices, Personalization(interferers=(1, 2), sir_db=(-5.0, 0.0)), size=40)
+    plans = [data.plan(i) for i in range(40)]
+    assert {p["interferers"] for p in plans} == {1, 2}
+    assert all(-5.0 <= p["sir_db"] <= 0.0 for p in plans)
+    with pytest.raises(ValueError, match="interferers"):
+        Personalization(interferers=(2, 1))
+
+
+@needs_encoder
+def test_enrollment_is_another_utterance_of_the_targets_speaker(voices, tmp_path):
+    data = dataset(voices, Personalization(embeddings_dir=str(tmp_path / "emb")))
+    cache = EmbeddingCache()
+    own = {path.name: cache.get(path) for path in data.corpus.clean}
+    for seed in range(6):
+        clean, path, embedding = data._enrolled_target(np.random.default_rng(seed))
+        matches = [name for name, value in own.items() if np.allclose(value, embedding)]
+        assert len(matches) == 1 and matches[0] != path.name  # another utterance ...
+        assert matches[0].split("__")[0] == path.name.split("__")[0]  # ... of the same speaker
+    assert len(list((tmp_path / "emb").glob("*.npy"))) >= 2  # cached on disk for the next epoch
+
+
+@needs_encoder
+def test_personalized_item_is_a_triple_and_trains(voices, tmp_path):
+    from speechnorm.task import EnhancementTask
+
+    data = dataset(voices, Personalization(interferers=(1, 1), embeddings_dir=str(tmp_path / "emb")), size=2,
+                   tmp=tmp_path / "items")
+    noisy, target, embedding = data[0]
+    assert noisy.dim() == 2 and target.shape == (noisy.shape[1],) and embedding.shape == (256,)
+    assert torch.equal(data[0][2], embedding)  # the cached item keeps its embedding
+    task = EnhancementTask(model="tac_gru", model_config={"hidden": 16, "layers": 1, "speaker_dim": 256})
+    torch.nn.init.normal_(task.model.speaker.proj.weight, std=0.1)
+    task.log = lambda *args, **kwargs: None
+    loss = task.common_step((noisy[None], target[None], embedding[None]), "train")[0]
+    loss.backward()
+    assert torch.isfinite(loss) and task.model.speaker.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="is personalized"):
+        task.common_step((noisy[None], target[None]), "train")
+
+
+def test_too_few_utterances_per_speaker_is_a_clear_error(tmp_path):
+    clean, noise = tmp_path / "clean", tmp_path / "noise"
+    clean.mkdir()
+    noise.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("solo1", "solo2"):  # every speaker has one utterance
+        sf.write(clean / f"{name}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    sf.write(noise / "n.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    data = SimulatedMixtures(Corpus(clean, noise, "train"), "train", 2, seconds=0.5, mic_block=1,
+                             personalize=Personalization())
+    with pytest.raises(ValueError, match="two or more utterances"):
+        data[0]
