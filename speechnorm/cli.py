@@ -99,7 +99,8 @@ def _enhance(args: argparse.Namespace) -> int:
 
     if args.reference:
         from .scoring import quality_metrics  # noqa: F401  (scoring needs the training install: fail before enhancing)
-    done = enhance_file(args.input, args.output, model=args.model, backend=args.backend, offline=args.offline)
+    done = enhance_file(args.input, args.output, model=args.model, backend=args.backend, offline=args.offline,
+                        enroll=args.enroll)
     seconds = done["samples"] / done["sample_rate"]
     print(f"enhanced {done['input']} ({done['mics']} mics, {done['sample_rate']} Hz, {seconds:.1f} s) -> {done['output']}")
     if args.reference:
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
     enhance.add_argument("--reference", default=None, help="a clean reference file: print SI-SDR, PESQ and STOI before and after")
+    enhance.add_argument("--enroll", default=None, help="personalized models: the target speaker, as 2-30 s of them "
+                                                        "alone (WAV/FLAC) or a .npy from `speechnorm enroll`")
     enhance.set_defaults(run=_enhance)
     enroll = commands.add_parser("enroll", help="a speaker embedding from 2-30 s of the speaker alone (WAV/FLAC, "
                                                 "16 kHz or more) -> .npy, for personalized enhancement")

@@ -5,6 +5,9 @@ The file is streamed block by block through ``StreamingEnhancer`` at the file's 
 runs the whole-utterance path instead (the offline ONNX graph, or the PyTorch forward); the two
 agree to float rounding. The output has the input's length, rate and (where the output format
 allows it) sample format; it is written to a temporary file and renamed only when complete.
+
+A personalized model needs the target speaker: ``enroll`` is either their enrollment audio (2-30 s
+of them alone, embedded by ``speechnorm.speaker``) or an embedding saved by ``speechnorm enroll``.
 """
 
 from __future__ import annotations
@@ -62,13 +65,40 @@ def _format_for(out: Path) -> str | None:
     return suffix if suffix in sf.available_formats() else None
 
 
+def speaker_embedding(enroll: str | Path) -> np.ndarray:
+    """The embedding of ``enroll``: a ``.npy`` from ``speechnorm enroll``, or enrollment audio."""
+    enroll = Path(enroll)
+    if not enroll.is_file():
+        raise EnhanceError(f"{enroll}: no such enrollment file (audio of the target speaker, or a .npy embedding)")
+    if enroll.suffix == ".npy":
+        try:
+            return np.load(enroll, allow_pickle=False)
+        except Exception as err:
+            raise EnhanceError(f"{enroll}: not a readable embedding ({str(err).splitlines()[0]})") from None
+    from .speaker import EnrollmentError, embed_file
+
+    try:
+        return embed_file(enroll)[0]
+    except EnrollmentError as err:
+        raise EnhanceError(f"{enroll}: {err}") from None
+    except Exception as err:  # unreadable audio
+        raise EnhanceError(f"{enroll}: cannot read enrollment audio ({str(err).splitlines()[0]})") from None
+
+
 def enhance_file(src: str | Path, dst: str | Path, model: str | Path | None = None, backend: str = "auto",
-                 offline: bool = False, progress: bool | None = None) -> dict:
-    """Enhance ``src`` into ``dst``; returns what was done (samples, rate, mics, model)."""
+                 offline: bool = False, progress: bool | None = None, enroll: str | Path | None = None) -> dict:
+    """Enhance ``src`` into ``dst``; returns what was done (samples, rate, mics, model). ``enroll``:
+    the target speaker, for a personalized model (enrollment audio or a ``.npy`` embedding)."""
     src, dst = Path(src), Path(dst)
     if _format_for(dst) is None:
         raise EnhanceError(f"{dst}: unknown output format {dst.suffix!r}; use .wav or .flac")
     loaded = load(model or default_model(), backend=backend)
+    speaker = None if enroll is None else speaker_embedding(enroll)
+    try:
+        speaker = loaded.check_speaker(speaker)
+    except ValueError as err:
+        hint = " (give --enroll ME.wav or me.npy)" if speaker is None else ""
+        raise EnhanceError(f"{getattr(loaded, 'path', loaded.name)}: {err}{hint}") from None
     with open_input(src, loaded.max_mics) as source:
         rate, mics, frames = source.samplerate, source.channels, source.frames
         partial = dst.with_name(f".{dst.name}.partial")
@@ -76,14 +106,15 @@ def enhance_file(src: str | Path, dst: str | Path, model: str | Path | None = No
         try:
             with sf.SoundFile(str(partial), "w", rate, 1, output_subtype(source, dst), format=_format_for(dst)) as sink:
                 if offline:
-                    sink.write(_offline(loaded, source, src))
+                    sink.write(_offline(loaded, source, src, speaker))
                 else:
-                    _streamed(loaded, source, sink, src, progress)
+                    _streamed(loaded, source, sink, src, progress, speaker)
             partial.replace(dst)
         finally:
             partial.unlink(missing_ok=True)
     return {"input": str(src), "output": str(dst), "samples": frames, "sample_rate": rate, "mics": mics,
-            "model": str(getattr(loaded, "path", "")), "backend": type(loaded).__name__, "offline": offline}
+            "model": str(getattr(loaded, "path", "")), "backend": type(loaded).__name__, "offline": offline,
+            "personalized": speaker is not None}
 
 
 def _blocks(source: sf.SoundFile, src: Path, block: int):
@@ -99,8 +130,8 @@ def _blocks(source: sf.SoundFile, src: Path, block: int):
         position += data.shape[0]
 
 
-def _streamed(loaded, source: sf.SoundFile, sink: sf.SoundFile, src: Path, progress: bool | None) -> None:
-    engine = AtRate(StreamingEnhancer(loaded, source.channels), source.samplerate)
+def _streamed(loaded, source: sf.SoundFile, sink: sf.SoundFile, src: Path, progress: bool | None, speaker=None) -> None:
+    engine = AtRate(StreamingEnhancer(loaded, source.channels, speaker=speaker), source.samplerate)
     block = int(BLOCK_SECONDS * source.samplerate)
     bar = _progress(source, progress)
     for position, chunk in _blocks(source, src, block):
@@ -115,16 +146,16 @@ def _streamed(loaded, source: sf.SoundFile, sink: sf.SoundFile, src: Path, progr
         bar.close()
 
 
-def _offline(loaded, source: sf.SoundFile, src: Path) -> np.ndarray:
+def _offline(loaded, source: sf.SoundFile, src: Path, speaker=None) -> np.ndarray:
     audio = np.concatenate([chunk for _, chunk in _blocks(source, src, source.frames)], axis=1)
     try:
-        StreamingEnhancer(loaded, source.channels).check(audio)
+        StreamingEnhancer(loaded, source.channels, speaker=speaker).check(audio)
     except ValueError as err:
         raise EnhanceError(f"{src}: {err}") from None
     at_model = resample(audio, source.samplerate, loaded.sample_rate)
     count, hop, delay = at_model.shape[1], loaded.hop, loaded.delay_samples
     padded = -(-(count + delay) // hop) * hop  # room for the delayed tail, a whole number of hops
-    enhanced = loaded.offline(np.pad(at_model, ((0, 0), (0, padded - count))))[delay : delay + count]
+    enhanced = loaded.offline(np.pad(at_model, ((0, 0), (0, padded - count))), speaker=speaker)[delay : delay + count]
     out = resample(enhanced[None], loaded.sample_rate, source.samplerate)[0]
     return np.pad(out, (0, max(0, source.frames - out.size)))[: source.frames]
 

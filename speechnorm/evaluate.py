@@ -7,6 +7,11 @@ offline graph; its data settings come from the ``card.json`` beside it (``traini
 written by ``scripts/release_model.py``). Every item of the split is enhanced. The command
 writes ``metrics.json`` (per item and means), ``metrics.md`` (noisy vs enhanced) and spectrogram
 PNGs (noisy reference mic / enhanced / clean target) of the first few items.
+
+A personalized model is evaluated on its recipe's personalized items (each with competing talkers
+and the target speaker's enrollment embedding): it gets each item's embedding, and the report adds
+TSOS and the conditions by number of competing talkers. A plain model can be scored on the same
+items with ``data_overrides={"personalize": {...}}`` (its embedding is then not used).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Runner:
             self.description = {**{k: hparams.get(k) for k in ("model", "norm", "size")}, "backend": "torch",
                                 "path": str(resolve_checkpoint(path))}
             self.sample_rate, self.delay = self.model.sample_rate, self.model.delay_samples
+            self.personalized = self.model.personalized
 
     def _load_onnx(self, onnx_file: Path) -> None:
         from .stream import OnnxModel
@@ -68,12 +74,15 @@ class Runner:
         self.data_hparams = _accepted(EnhancementDataModule, card["training"]["data"])
         self.description = {**card.get("model", {}), "backend": "onnxruntime", "path": str(onnx_file)}
         self.sample_rate, self.delay = self.onnx.sample_rate, self.onnx.delay_samples
+        self.personalized = self.onnx.speaker_dim > 0
 
     @torch.inference_mode()
-    def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
+    def __call__(self, noisy: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """``speaker``: the target's embedding, used by a personalized model (and ignored by a plain one)."""
+        speaker = speaker if self.personalized else None
         if self.onnx is not None:
-            return torch.from_numpy(self.onnx.offline(noisy.numpy()))
-        return self.model(noisy[None])[0]
+            return torch.from_numpy(self.onnx.offline(noisy.numpy(), speaker=None if speaker is None else speaker.numpy()))
+        return self.model(noisy[None], speaker=speaker)[0]
 
 
 
@@ -97,21 +106,29 @@ def evaluate(model: str | Path, split: str = "test", out: str | Path = "evaluati
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    personal = dataset.personalize is not None
+    if runner.personalized and not personal:
+        raise ValueError(f"{model} is personalized: it is evaluated on items with an enrolled speaker; its recipe's data "
+                         "has no `personalize` settings (give data_overrides={'personalize': {...}})")
     for index in range(count):
-        noisy, target = dataset[index]
+        noisy, target, *speaker = dataset[index]
         if gain_db:
             noisy, target = noisy * gain, target * gain
-        estimate = runner(noisy)
+        estimate = runner(noisy, *speaker)
         plan = dataset.plan(index)
         row = {"item": index, "mics": noisy.shape[0], "noise": plan["noise"], "t60": round(plan["t60"], 3),
                "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
-        row.update(score_clip(estimate, noisy, target, runner.sample_rate, runner.delay, with_dnsmos=dnsmos))
+        if personal:
+            row.update(talkers=plan["interferers"], sir_db=round(plan["sir_db"], 2))
+        row.update(score_clip(estimate, noisy, target, runner.sample_rate, runner.delay, with_dnsmos=dnsmos,
+                              with_tsos=personal))
         rows.append(row)
         if index < pictures:
             enhanced, aligned_target = align(estimate, target, runner.delay)
             spectrograms(out / f"{split}_{index:03d}.png", noisy[0, : aligned_target.shape[-1]], enhanced, aligned_target,
                          runner.sample_rate)
     shown = METRICS if dnsmos else METRICS[:3]  # dnsmos=False: SI-SDR, PESQ, STOI (DNSMOS costs the most)
+    shown = shown + ("tsos",) if personal else shown
     summary = {f"{who}/{m}": mean([r[f"{who}/{m}"] for r in rows]) for who in ("noisy", "enhanced") for m in shown}
     result = {"checkpoint": runner.description["path"], "split": split, "items": count, "gain_db": gain_db,
               "metrics": list(shown),
@@ -132,10 +149,13 @@ def t60_band(t60: float) -> str:
 def per_condition(rows: list[dict], systems: tuple[str, ...] = ("noisy", "enhanced"),
                   metrics: tuple[str, ...] = METRICS) -> list[dict]:
     """Mean scores per noise kind, per T60 band, per mic count, and per noise kind x T60 band x mics
-    (a mean over all clips can hide a condition where the model does nothing). Rows hold
-    ``noise``, ``t60_band``, ``mics`` and ``{system}/{metric}`` scores."""
+    (a mean over all clips can hide a condition where the model does nothing); per number of
+    competing talkers too when rows hold ``talkers`` (personalized items). Rows hold ``noise``,
+    ``t60_band``, ``mics`` and ``{system}/{metric}`` scores."""
     groupings = {"noise": ("noise",), "T60": ("t60_band",), "mics": ("mics",),
                  "noise x T60 x mics": ("noise", "t60_band", "mics")}
+    if rows and "talkers" in rows[0]:
+        groupings = {"talkers": ("talkers",), **groupings}
     out = []
     for grouping, keys in groupings.items():
         groups: dict[tuple, list[dict]] = {}

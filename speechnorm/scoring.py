@@ -6,7 +6,8 @@ clip has one number. The rule: a system's output lags its input by ``delay`` sam
 model's fixed delay; 0 for a peer whose output is already aligned); the estimate is aligned to
 the target and both are cut to the span the model covers, the first N - ``delay`` samples, where
 N is the target's length; the noisy reference mic is scored over that same span. Metrics:
-SI-SDR, wide-band PESQ and STOI (torchmetrics), DNSMOS P.835 (``speechmos``).
+SI-SDR, wide-band PESQ and STOI (torchmetrics), DNSMOS P.835 (``speechmos``), and for
+personalized evaluation TSOS (``tsos``: how much of the target's own speech is suppressed).
 """
 
 from __future__ import annotations
@@ -39,6 +40,36 @@ def quality_metrics(estimate: Tensor, target: Tensor, sample_rate: int) -> dict[
     return out
 
 
+TSOS_FRAME, TSOS_HOP = 320, 160  # 20 ms frames every 10 ms at 16 kHz
+TSOS_ACTIVE_DB = 30.0  # a target frame is speech when within this of the target's loudest frame
+TSOS_DROP_DB = 10.0  # ... and over-suppressed when the estimate is this far below it
+
+
+def tsos(estimate: Tensor, target: Tensor) -> float:
+    """Target-speaker over-suppression: the fraction (0-1) of the target's speech frames in which
+    the estimate is more than ``TSOS_DROP_DB`` below the target.
+
+    The failure a personalized enhancer must avoid is removing its own user's speech (Eskimez et
+    al., "Personalized speech enhancement: new models and comprehensive evaluation", ICASSP 2022,
+    who introduced the measure). Our definition: 20 ms frames every 10 ms; the estimate is first
+    scaled by the least-squares gain onto the target (as SI-SDR does), so a level change of the
+    whole output is not suppression; the target's speech frames are those within
+    ``TSOS_ACTIVE_DB`` of its loudest frame. NaN when the target has no frame."""
+    estimate, target = torch.as_tensor(estimate).double(), torch.as_tensor(target).double()
+    length = min(estimate.shape[-1], target.shape[-1])
+    estimate, target = estimate[:length], target[:length]
+    if length < TSOS_FRAME:
+        return float("nan")
+    gain = (estimate @ target) / (estimate @ estimate).clamp_min(1e-20)
+    energy = lambda x: x.unfold(0, TSOS_FRAME, TSOS_HOP).square().sum(dim=1)  # noqa: E731
+    target_energy, estimate_energy = energy(target), energy(gain * estimate)
+    active = target_energy > target_energy.max() * 10 ** (-TSOS_ACTIVE_DB / 10)
+    if not bool(active.any()):
+        return float("nan")
+    suppressed = estimate_energy < target_energy * 10 ** (-TSOS_DROP_DB / 10)
+    return float((suppressed & active).sum() / active.sum())
+
+
 def dnsmos(audio: Tensor, sample_rate: int) -> dict[str, float]:
     """DNSMOS P.835 (SIG, BAK, OVRL) of one utterance, with the models shipped in ``speechmos``.
 
@@ -53,10 +84,11 @@ def dnsmos(audio: Tensor, sample_rate: int) -> dict[str, float]:
 
 
 def score_clip(estimate, noisy, target, sample_rate: int, delay: int = 0, with_dnsmos: bool = True,
-               with_noisy: bool = True) -> dict[str, float]:
+               with_noisy: bool = True, with_tsos: bool = False) -> dict[str, float]:
     """``{"enhanced/<metric>": …, "noisy/<metric>": …}`` for one clip: ``estimate`` (N,) lagging by
     ``delay``, ``noisy`` (M, N) whose mic 0 is the reference, ``target`` (N,). Tensors or arrays.
-    ``with_noisy=False`` leaves the noisy reference out (a comparison that scores it once as a system)."""
+    ``with_noisy=False`` leaves the noisy reference out (a comparison that scores it once as a system);
+    ``with_tsos`` adds ``tsos`` (personalized evaluation)."""
     estimate, noisy, target = (torch.as_tensor(x).float() for x in (estimate, noisy, target))
     estimate, target = align(estimate[: target.shape[-1]], target, delay)
     reference = noisy[0, : target.shape[-1]]  # the input is not delayed: the same span as the target
@@ -65,5 +97,7 @@ def score_clip(estimate, noisy, target, sample_rate: int, delay: int = 0, with_d
         metrics = quality_metrics(signal, target, sample_rate)
         if with_dnsmos:
             metrics.update(dnsmos(signal, sample_rate))
+        if with_tsos:
+            metrics["tsos"] = tsos(signal, target)
         scores.update({f"{who}/{k}": v for k, v in metrics.items()})
     return scores

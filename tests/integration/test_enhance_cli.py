@@ -76,3 +76,46 @@ def test_bad_input_gives_one_line_and_exit_2_and_leaves_no_file(tmp_path):
     assert done.returncode == 2 and "unknown output format" in done.stderr
     done = cli(EXAMPLE, "-o", tmp_path / "x.wav", "--model", tmp_path / "nowhere")
     assert done.returncode == 2 and "no model" in done.stderr
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("resemblyzer") is None,
+                    reason="the speaker encoder's weights are not installed (make venv installs them)")
+def test_enroll_drives_a_personalized_model(tmp_path):
+    """--enroll takes enrollment audio or its .npy; the output is the model's for that embedding;
+    a personalized model without one, or a plain model with one, is a one-line error."""
+    from conftest import save_checkpoint
+
+    from speechnorm.models.checkpoint import load_model
+    from speechnorm.speaker import embed
+
+    checkpoint = save_checkpoint(tmp_path / "p.ckpt", hidden=16, layers=1, speaker_dim=256)
+    stored = torch.load(checkpoint, weights_only=False)
+    stored["state_dict"]["model.speaker.proj.weight"].normal_(0, 0.2)  # the embedding matters
+    torch.save(stored, checkpoint)
+    wav, rate = sf.read(ASSETS / "real_speech" / "conversation.flac", dtype="float32")
+    sf.write(tmp_path / "me.wav", wav[int(10.6 * rate): int(14.45 * rate)], rate)  # speaker A alone
+    noisy, _ = sf.read(EXAMPLE, dtype="float32")
+    sf.write(tmp_path / "in.wav", noisy[:16000, :2], 16000, subtype="FLOAT")
+
+    assert subprocess.run([sys.executable, "-m", "speechnorm", "enroll", tmp_path / "me.wav", "-o", tmp_path / "me.npy"],
+                          capture_output=True, timeout=300).returncode == 0
+    by_audio = enhance_file(tmp_path / "in.wav", tmp_path / "a.wav", model=checkpoint, enroll=tmp_path / "me.wav")
+    enhance_file(tmp_path / "in.wav", tmp_path / "b.wav", model=checkpoint, enroll=tmp_path / "me.npy", offline=True)
+    assert by_audio["personalized"]
+    model, _ = load_model(checkpoint)
+    speaker = torch.from_numpy(embed(wav[int(10.6 * rate): int(14.45 * rate)], rate)[0])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(np.pad(noisy[:16000, :2].T, ((0, 0), (0, 160))))[None], speaker=speaker)[0]
+    for name in ("a.wav", "b.wav"):
+        got, _ = sf.read(tmp_path / name, dtype="float32")
+        np.testing.assert_allclose(got, expected[160:16160].numpy(), atol=1e-4)  # streamed and offline, delay removed
+
+    missing = cli(tmp_path / "in.wav", "-o", tmp_path / "c.wav", "--model", checkpoint)
+    assert missing.returncode != 0 and "is personalized" in missing.stderr and "--enroll" in missing.stderr
+    plain = cli(tmp_path / "in.wav", "-o", tmp_path / "d.wav", "--enroll", tmp_path / "me.npy")
+    assert plain.returncode != 0 and "not personalized" in plain.stderr
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(48000, np.float32), 16000)
+    refused = cli(tmp_path / "in.wav", "-o", tmp_path / "e.wav", "--model", checkpoint, "--enroll", silent)
+    assert refused.returncode != 0 and "silent" in refused.stderr
+    assert not (tmp_path / "c.wav").exists() and not (tmp_path / "e.wav").exists()

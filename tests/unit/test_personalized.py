@@ -153,3 +153,21 @@ def test_batched_streams_each_keep_their_own_speaker(exported):
         np.testing.assert_allclose(together[row], alone, atol=1e-5)
     with pytest.raises(ValueError, match="is personalized"):
         pool.acquire()
+
+
+def test_tsos_counts_the_targets_suppressed_speech_frames():
+    from speechnorm.scoring import tsos
+
+    t = torch.arange(32000) / 16000
+    target = torch.sin(2 * torch.pi * 200 * t) * (t < 1.5)  # 1.5 s of tone, then 0.5 s of silence
+    assert tsos(target, target) == 0.0
+    assert tsos(0.2 * target, target) == 0.0  # a level change of the whole output is not suppression
+    cut = target.clone()
+    cut[8000:16000] = 0.0  # the output drops 0.5 s of the target's 1.5 s of speech
+    frames = (torch.arange(199) * 160)  # the 20 ms frames every 10 ms of 2 s
+    active = frames + 320 <= 24000 + 160  # frames overlapping the tone (boundary frames hold enough of it)
+    dropped = (frames >= 8000 - 160) & (frames + 320 <= 16000 + 160)
+    expected = float((dropped & active).sum() / active.sum())
+    assert abs(tsos(cut, target) - expected) < 0.02  # the edges of the cut: partial frames
+    assert 0.30 < tsos(cut, target) < 0.36  # about a third of the speech frames
+    assert tsos(torch.zeros(100), torch.zeros(100)) != tsos(torch.zeros(100), torch.zeros(100))  # NaN: nothing to judge

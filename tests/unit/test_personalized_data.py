@@ -121,3 +121,25 @@ def test_too_few_utterances_per_speaker_is_a_clear_error(tmp_path):
                              personalize=Personalization())
     with pytest.raises(ValueError, match="two or more utterances"):
         data[0]
+
+
+@needs_encoder
+def test_evaluate_scores_a_personalized_model_with_each_items_embedding(voices, tmp_path):
+    from conftest import save_checkpoint
+
+    from speechnorm.evaluate import evaluate
+
+    data = {"clean_dir": str(voices / "clean"), "noise_dir": str(voices / "noise"), "train_items": 2, "val_items": 2,
+            "test_items": 3, "seconds": 1.0, "batch_size": 1, "seed": 2,
+            "personalize": {"interferers": [0, 2], "sir_db": [0.0, 5.0], "embeddings_dir": str(tmp_path / "emb")}}
+    checkpoint = save_checkpoint(tmp_path / "p.ckpt", hidden=16, layers=1, speaker_dim=256)
+    stored = torch.load(checkpoint, weights_only=False)
+    stored["datamodule_hyper_parameters"] = data
+    torch.save(stored, checkpoint)
+    result = evaluate(checkpoint, split="test", out=tmp_path / "eval", items=3, pictures=0, dnsmos=False)
+    assert "tsos" in result["metrics"] and all(0.0 <= row["enhanced/tsos"] <= 1.0 for row in result["per_item"])
+    assert {row["grouping"] for row in result["per_condition"]} >= {"talkers", "noise"}
+    stored["datamodule_hyper_parameters"] = {k: v for k, v in data.items() if k != "personalize"}
+    torch.save(stored, checkpoint)
+    with pytest.raises(ValueError, match="is personalized"):
+        evaluate(checkpoint, split="test", out=tmp_path / "eval2", items=1, pictures=0, dnsmos=False)
