@@ -90,12 +90,15 @@ class EnhancementDataModule(L.LightningDataModule):
                        talker_snr_floor_db=hp.talker_snr_floor_db)
         test_spec = replace(spec, t60=tuple(hp.test_t60 or spec.t60), snr_db=tuple(hp.test_snr_db or spec.snr_db))
         sizes = {"train": hp.train_items, "val": hp.val_items, "test": hp.test_items, "test_unseen": hp.test_items}
+        corpora = {}
         for split, size in sizes.items():
-            corpus = Corpus(clean, noise, "test" if split == "test_unseen" else split, rir_dir=hp.rir_dir)
+            corpus = corpora.setdefault(split, Corpus(clean, noise, "test" if split == "test_unseen" else split,
+                                                      rir_dir=hp.rir_dir))
             self.datasets[split] = SimulatedMixtures(
                 corpus, split, size, hp.seconds, hp.seed, mic_block=self.block(split),
                 spec=test_spec if split.startswith("test") else spec, cache_dir=hp.cache_dir,
                 measured_fraction=hp.measured_fraction, personalize=self.personalization,
+                talker_corpus=corpora["train"] if self.personalization is not None else None,
             )
 
     def block(self, split: str) -> int:

@@ -74,10 +74,13 @@ class SimulatedMixtures(Dataset):
     def __init__(
         self, corpus: Corpus, split: str, size: int, seconds: float = 2.0, seed: int = 0, mic_block: int = 8,
         spec: MixSpec = MixSpec(), cache_dir: str | Path | None = None, hop: int = 160, measured_fraction: float = 0.5,
-        personalize: Personalization | None = None,
+        personalize: Personalization | None = None, talker_corpus: Corpus | None = None,
     ):
         self.corpus, self.split, self.size, self.seed, self.mic_block, self.spec = corpus, split, size, seed, mic_block, spec
         self.personalize = personalize
+        # competing talkers come from this split's other speakers; a split of one speaker (e.g. a
+        # validation voice) borrows them from ``talker_corpus`` (the datamodule gives train's)
+        self.talker_corpus = talker_corpus
         self.embeddings = EmbeddingCache(personalize.embeddings_dir) if personalize else None
         self.samples = int(seconds * corpus.sample_rate) // hop * hop
         self.unseen = split == "test_unseen"
@@ -115,6 +118,16 @@ class SimulatedMixtures(Dataset):
             plan["interferers"] = int(talkers.integers(self.personalize.interferers[0], self.personalize.interferers[1] + 1))
             plan["sir_db"] = float(talkers.uniform(*self.personalize.sir_db))
         return plan
+
+    def _talkers(self, speaker: str) -> tuple[list[Path], Corpus]:
+        """Utterances of speakers other than ``speaker`` (never the target's own voice), and their corpus."""
+        for corpus in (self.corpus, self.talker_corpus):
+            if corpus is not None:
+                voices = [p for p in corpus.other_voices(speaker) if corpus.speaker(p) != speaker]
+                if voices:
+                    return voices, corpus
+        raise ValueError(f"split {self.split!r} has no speaker but {speaker!r} to be a competing talker, and no other "
+                         "corpus to borrow talkers from")
 
     def _enrolled_target(self, rng: np.random.Generator) -> tuple[Tensor, Path, np.ndarray]:
         """A target utterance whose speaker has another utterance that enrolls, and that one's
@@ -154,8 +167,11 @@ class SimulatedMixtures(Dataset):
         speaker = self.corpus.speaker(path)
         speech = fit_length(clean, self.samples, rng, tile=False)
         noises = self._noises(rng, plan, speaker)
-        talkers = [fit_length(self.corpus.load("clean", int(rng.integers(1 << 30)), files=self.corpus.other_voices(speaker)),
-                              self.samples, rng, tile=True) for _ in range(plan.get("interferers", 0))]
+        talkers = []
+        if plan.get("interferers", 0):
+            voices, corpus = self._talkers(speaker)
+            talkers = [fit_length(corpus.load("clean", int(rng.integers(1 << 30)), files=voices), self.samples, rng,
+                                  tile=True) for _ in range(plan["interferers"])]
         sir = {"interferers": talkers, "sir_db": plan.get("sir_db")}
         mics = plan["mics"]
         rooms = [folder for folder, channels in self.corpus.rooms if channels >= mics]

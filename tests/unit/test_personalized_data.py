@@ -143,3 +143,18 @@ def test_evaluate_scores_a_personalized_model_with_each_items_embedding(voices, 
     torch.save(stored, checkpoint)
     with pytest.raises(ValueError, match="is personalized"):
         evaluate(checkpoint, split="test", out=tmp_path / "eval2", items=1, pictures=0, dnsmos=False)
+
+
+def test_talkers_are_never_the_targets_voice(voices, tmp_path):
+    clean = tmp_path / "one_voice"
+    clean.mkdir()
+    for name in ("spkA__1", "spkA__2"):
+        (clean / f"{name}.wav").write_bytes((voices / "clean" / f"{name}.wav").read_bytes())
+    lone = Corpus(clean, voices / "noise", "train")
+    data = SimulatedMixtures(lone, "val", 2, seconds=0.5, mic_block=1, personalize=Personalization())
+    with pytest.raises(ValueError, match="no speaker but 'spkA'"):
+        data._talkers("spkA")
+    borrowed = SimulatedMixtures(lone, "val", 2, seconds=0.5, mic_block=1, personalize=Personalization(),
+                                 talker_corpus=Corpus(voices / "clean", voices / "noise", "train"))
+    files, corpus = borrowed._talkers("spkA")
+    assert files and {corpus.speaker(p) for p in files} == {"spkB"}
