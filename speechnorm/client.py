@@ -1,4 +1,5 @@
-"""A WebSocket client for ``speechnorm serve`` (protocol v1, ``serve/PROTOCOL.md``).
+"""A WebSocket client for ``speechnorm serve`` (protocol v2, ``serve/PROTOCOL.md``; it speaks v1
+unless a personalized model's speaker is given).
 
 ``stream_file`` sends a WAV/FLAC file in 10 ms messages, at real-time pace or as fast as the
 server answers, and returns the enhanced audio; ``scripts/stream_client.py`` is its command line.
@@ -8,6 +9,7 @@ The result equals ``speechnorm enhance`` on the same file (same engine, same res
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ class StreamResult:
     audio: np.ndarray  # (samples,) float32, enhanced, at the input's rate
     latencies_ms: list[float] = field(default_factory=list)  # send -> reply, per message
     underruns: int = 0  # real-time pace only: replies that came after their playback deadline
+    ready: dict = field(default_factory=dict)  # the server's `ready` (a personalized stream's speaker in it)
 
 
 def encode(audio: np.ndarray, fmt: str) -> bytes:
@@ -39,24 +42,45 @@ def encode(audio: np.ndarray, fmt: str) -> bytes:
     return frames.astype("<f4").tobytes()
 
 
+def speaker_field(speaker=None, enroll: tuple[np.ndarray, int] | None = None) -> dict | None:
+    """The ``start`` message's ``speaker`` (protocol 2): an embedding (``speechnorm enroll``), or
+    enrollment audio (mono float samples, rate) that the server embeds."""
+    if speaker is not None and enroll is not None:
+        raise ValueError("give the speaker's embedding or enrollment audio, not both")
+    if speaker is not None:
+        return {"embedding": [float(v) for v in np.asarray(speaker, np.float32).reshape(-1)]}
+    if enroll is not None:
+        audio, rate = enroll
+        pcm = np.asarray(audio, np.float32).reshape(-1).astype("<f4").tobytes()
+        return {"audio": base64.b64encode(pcm).decode("ascii"), "sample_rate": int(rate), "format": "f32le"}
+    return None
+
+
 def decode(payload: bytes, fmt: str) -> np.ndarray:
     samples = np.frombuffer(payload, dtype=FORMATS[fmt])
     return samples.astype(np.float32) / 32768.0 if fmt == "s16le" else samples.astype(np.float32)
 
 
 async def stream_audio(url: str, audio: np.ndarray, rate: int, fmt: str = "f32le", realtime: bool = False,
-                       message_ms: float = 10.0, playback_buffer_ms: float = 40.0) -> StreamResult:
-    """Stream (channels, n) float audio; returns the enhanced mono audio (n samples)."""
+                       message_ms: float = 10.0, playback_buffer_ms: float = 40.0, speaker=None,
+                       enroll: tuple[np.ndarray, int] | None = None) -> StreamResult:
+    """Stream (channels, n) float audio; returns the enhanced mono audio (n samples). A personalized
+    model needs ``speaker`` (its embedding) or ``enroll`` ((samples, rate) of the speaker alone)."""
     import aiohttp
 
     step = max(1, int(rate * message_ms / 1000))
     chunks = [audio[:, i : i + step] for i in range(0, audio.shape[1], step)]
     result = StreamResult(np.zeros(0, np.float32))
     async with aiohttp.ClientSession() as client, client.ws_connect(url, max_msg_size=0) as ws:
-        await ws.send_str(json.dumps({"type": "start", "sample_rate": rate, "channels": audio.shape[0], "format": fmt}))
+        start = {"type": "start", "sample_rate": rate, "channels": audio.shape[0], "format": fmt}
+        who = speaker_field(speaker, enroll)
+        if who is not None:
+            start.update(protocol=2, speaker=who)
+        await ws.send_str(json.dumps(start))
         ready = await _json(ws)
         if ready.get("type") != "ready":
             raise ServerError(ready)
+        result.ready = ready
         sent_at: list[float] = []
         t0 = time.perf_counter()
 

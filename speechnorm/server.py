@@ -36,7 +36,7 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
-from .session import FORMATS, PROTOCOL_VERSION, SLICE_MS, ProtocolError, Session, StreamStats, quote  # noqa: F401
+from .session import FORMATS, PROTOCOL_VERSION, PROTOCOLS, SLICE_MS, ProtocolError, Session, StreamStats, quote  # noqa: F401
 from .stream import load
 from .stream.backends import OnnxModel
 
@@ -133,9 +133,10 @@ class EnhancementServer:
 
     def local_health(self) -> dict:
         model = self.model
-        return {"status": "ok", "protocol": PROTOCOL_VERSION,
+        return {"status": "ok", "protocol": PROTOCOL_VERSION, "protocols": list(PROTOCOLS),
                 "model": {"name": model.name, "backend": type(model).__name__, "sample_rate": model.sample_rate,
-                          "latency_ms": model.latency_ms, "mics": [model.min_mics, model.max_mics]},
+                          "latency_ms": model.latency_ms, "mics": [model.min_mics, model.max_mics],
+                          "speaker_dim": model.speaker_dim},
                 "connections": {"active": len(self.sessions), "max": self.limits.max_connections, "served": self.served,
                                 "slow_consumers_dropped": self.slow_consumers_dropped},
                 "batching": self.batcher.stats() if self.batcher is not None else None,
@@ -276,7 +277,8 @@ class EnhancementServer:
             raise ProtocolError("bad_json", f"not usable JSON: {str(err)[:200]}") from None
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "start":
-            await self._send(ws, session, session.start(message))
+            speaker, enrolled = await self._speaker(session, message)
+            await self._send(ws, session, session.start(message, speaker, enrolled))
         elif kind == "stop":
             tail, reply = await (session.stop_batched() if self.batcher is not None else self._compute(session.stop))
             await self._send(ws, session, tail)
@@ -285,6 +287,22 @@ class EnhancementServer:
             await self._send(ws, session, {"type": "stats", **session.stats.summary()})
         else:
             raise ProtocolError("bad_message", f"unknown message type {quote(kind)}; expected 'start', 'stop' or 'stats'")
+
+    async def _speaker(self, session: Session, message: dict):
+        """A personalized model's speaker for this ``start``: the embedding given, or the one of the
+        enrollment audio given, computed off the event loop (other streams keep their pace)."""
+        if session.engine is not None:
+            raise ProtocolError("already_started", "this connection already streams; send 'stop' before a new 'start'")
+        request = session.speaker_request(message)
+        if not isinstance(request, tuple):
+            return request, None
+        from .speaker import EnrollmentError, embed
+
+        try:
+            embedding, used = await asyncio.get_running_loop().run_in_executor(self.executor, embed, *request)
+        except EnrollmentError as err:
+            raise ProtocolError("bad_enrollment", str(err)) from None
+        return embedding, {"speech_seconds": round(used.speech_seconds, 2), "used_seconds": round(used.used_seconds, 2)}
 
     async def _compute(self, fn, *args):
         """One slice of model work: in the event loop (then yield to the other streams), or in a worker thread."""

@@ -3,6 +3,9 @@ answered, and the stream's engine (state, buffers). Never touches another connec
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -12,7 +15,10 @@ import numpy as np
 from .receipts import ReadReceipts
 from .stream import AtRate, StreamingEnhancer
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: The protocol versions a client may ask for in ``start`` (``"protocol"``; absent: 1). Version 2
+#: adds the target speaker of a personalized model (``"speaker"``); version 1 clients are unchanged.
+PROTOCOLS = (1, 2)
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 #: Model work per scheduling turn: a message is enhanced in slices this long (2 hops), other
 #: streams' work runs in between.
@@ -76,9 +82,52 @@ class Session:
         self.idle_out = False  # ended by the idle limit
         self.transport = None  # the connection's socket (set by the server), to see whether a send can wait
 
-    def start(self, message: dict) -> dict:
+    def speaker_request(self, message: dict):
+        """The ``start`` message's ``speaker``, checked: None (a plain model), an embedding (D,)
+        float32, or enrollment audio to embed, as (samples (n,) float32, sample_rate)."""
+        model, speaker = self.server.model, message.get("speaker")
+        if speaker is None:
+            if model.speaker_dim:
+                raise ProtocolError("bad_start", f"model {model.name} is personalized: give the target speaker in 'start' as "
+                                                 "'speaker': {'embedding': [...]} or {'audio': base64 PCM, 'sample_rate', "
+                                                 "'format'} (protocol 2)")
+            return None
+        if not model.speaker_dim:
+            raise ProtocolError("bad_start", f"model {model.name} is not personalized: it takes no 'speaker'")
+        if not isinstance(speaker, dict) or ("embedding" in speaker) == ("audio" in speaker):
+            raise ProtocolError("bad_start", "'speaker' must be an object with either 'embedding' or 'audio'")
+        if "embedding" in speaker:
+            values = speaker["embedding"]
+            if (not isinstance(values, list) or len(values) != model.speaker_dim
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+                raise ProtocolError("bad_start", f"speaker.embedding must be a list of {model.speaker_dim} finite numbers "
+                                                 f"(`speechnorm enroll`), got {quote(values)}")
+            return np.asarray(values, np.float32)
+        rate, fmt, data = speaker.get("sample_rate"), speaker.get("format", "f32le"), speaker["audio"]
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            raise ProtocolError("bad_start", f"speaker.format must be one of {sorted(FORMATS)}, got {quote(fmt)}")
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 16000 <= rate <= 192_000:
+            raise ProtocolError("bad_start", f"speaker.sample_rate must be an integer from 16000 to 192000 Hz (the speaker "
+                                             f"encoder hears up to 8 kHz), got {quote(rate)}")
+        try:
+            raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            raise ProtocolError("bad_start", "speaker.audio must be base64 of mono PCM in speaker.format")
+        if len(raw) % FORMATS[fmt].itemsize:
+            raise ProtocolError("bad_start", f"speaker.audio is {len(raw)} bytes: not a whole number of {fmt} samples")
+        samples = np.frombuffer(raw, FORMATS[fmt]).astype(np.float32)
+        return (samples / 32768.0 if fmt == "s16le" else samples), rate
+
+    def start(self, message: dict, speaker: np.ndarray | None = None, enrolled: dict | None = None) -> dict:
+        """Begin the stream (``speaker``: the embedding ``speaker_request`` gave or enrollment computed;
+        ``enrolled``: what enrollment found, echoed in ``ready``)."""
         if self.engine is not None:
             raise ProtocolError("already_started", "this connection already streams; send 'stop' before a new 'start'")
+        version = message.get("protocol", 1)
+        if version not in PROTOCOLS or isinstance(version, bool):
+            raise ProtocolError("bad_start", f"protocol must be one of {list(PROTOCOLS)}, got {quote(version)}")
         rate, channels, fmt = message.get("sample_rate"), message.get("channels"), message.get("format", "f32le")
         if not isinstance(fmt, str) or fmt not in FORMATS:
             raise ProtocolError("bad_start", f"format must be one of {sorted(FORMATS)}, got {quote(fmt)}")
@@ -88,18 +137,26 @@ class Session:
                                              f"got {quote(channels)}")
         if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 192_000:
             raise ProtocolError("bad_start", f"sample_rate must be an integer from 8000 to 192000 Hz, got {quote(rate)}")
+        if speaker is None:
+            speaker = self.speaker_request(message)  # checked either way: a plain model refuses a speaker
+            if isinstance(speaker, tuple):
+                raise ProtocolError("bad_start", "enrollment audio must be embedded before start (the server does)")
         batcher = self.server.batcher
-        self.slot = batcher.open(channels) if batcher is not None else None
         try:
-            self.engine = AtRate(StreamingEnhancer(model, channels, stream=self.slot), rate)
+            self.slot = batcher.open(channels, speaker=speaker) if batcher is not None else None
+            stream_speaker = speaker if self.slot is None else None  # a pool slot holds it in its row
+            self.engine = AtRate(StreamingEnhancer(model, channels, stream=self.slot, speaker=stream_speaker), rate)
         except ValueError as err:
             self.close()
             raise ProtocolError("bad_start", str(err)) from None
         self.dtype = FORMATS[fmt]
         self.stats.sample_rate, self.stats.channels, self.stats.format = rate, channels, fmt
-        return {"type": "ready", "protocol": PROTOCOL_VERSION, "stream": self.stats.id, "model": model.name,
-                "model_sample_rate": model.sample_rate, "hop_ms": 1000 * model.hop / model.sample_rate,
-                "latency_ms": model.latency_ms, "max_message_bytes": self.server.limits.max_message_bytes}
+        ready = {"type": "ready", "protocol": version, "stream": self.stats.id, "model": model.name,
+                 "model_sample_rate": model.sample_rate, "hop_ms": 1000 * model.hop / model.sample_rate,
+                 "latency_ms": model.latency_ms, "max_message_bytes": self.server.limits.max_message_bytes}
+        if speaker is not None:  # the embedding in use: a client may send it next time instead of audio
+            ready["speaker"] = {"embedding": [round(float(v), 7) for v in speaker], **(enrolled or {})}
+        return ready
 
     def decode(self, payload: bytes) -> np.ndarray:
         """Interleaved PCM -> (channels, n) float32; refuses a partial frame before anything is consumed."""

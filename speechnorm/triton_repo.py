@@ -113,6 +113,9 @@ def write_repository(model_dir: str | Path, repo: str | Path, mics: int = 4, max
                                 "`speechnorm export` (needs speechnorm[train])")
     model = OnnxModel(model_dir / "model.onnx")
     model.check_mics(mics)
+    if model.speaker_dim:
+        raise ValueError(f"{model_dir} is a personalized model: its speaker embedding enters when a stream opens, which "
+                         "this repository's implicit-state configuration cannot do yet; serve it with `speechnorm serve`")
     if not 1 <= max_batch <= 1024:
         raise ValueError(f"max_batch must lie in [1, 1024], got {max_batch}")
     name = name or model.name

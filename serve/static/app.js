@@ -1,9 +1,32 @@
-// The demo page: microphone -> AudioWorklet -> WebSocket (protocol v1, f32le mono, 10 ms
+// The demo page: microphone -> AudioWorklet -> WebSocket (protocol v2, f32le mono, 10 ms
 // messages at the AudioContext's rate) -> enhanced audio -> AudioWorklet playback.
+// A personalized model (/health: speaker_dim > 0) first records ENROLL_SECONDS of the user
+// alone and sends them in `start` (s16le, base64); the server embeds them and keeps that speaker.
 // window.speechnormStats exposes the counters (the end-to-end test reads them).
+const ENROLL_SECONDS = 5;
 const $ = (id) => document.getElementById(id);
-const stats = (window.speechnormStats = { state: "idle", sentSamples: 0, receivedSamples: 0, receivedSumSquares: 0, errors: [] });
+const stats = (window.speechnormStats = { state: "idle", sentSamples: 0, receivedSamples: 0, receivedSumSquares: 0, errors: [],
+                                          enrolledSeconds: 0 });
 let context, socket, source, capture, playback, pending = [], pendingLength = 0, sentTimes = [], rtts = [];
+let enrolling = null;  // while recording the enrollment: { blocks, length, done }
+
+function base64S16(blocks, length) {  // float blocks -> base64 of little-endian 16-bit PCM
+  const bytes = new Uint8Array(2 * length);
+  const view = new DataView(bytes.buffer);
+  let offset = 0;
+  for (const block of blocks) {
+    for (let i = 0; i < block.length && offset < bytes.length; i++, offset += 2) {
+      view.setInt16(offset, Math.max(-32768, Math.min(32767, Math.round(block[i] * 32768))), true);
+    }
+  }
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+function enroll(seconds) {  // resolves with the captured samples once `seconds` of microphone are in
+  return new Promise((resolve) => { enrolling = { blocks: [], length: 0, target: Math.round(seconds * context.sampleRate), resolve }; });
+}
 
 function rms(samples) {
   let sum = 0;
@@ -29,14 +52,26 @@ async function start() {
   playback.connect(context.destination);
   source.connect(capture);
   const hop = Math.round(context.sampleRate / 100);
+  const health = await (await fetch("/health")).json();
+  const startMessage = { type: "start", sample_rate: context.sampleRate, channels: 1, format: "f32le" };
+  capture.port.onmessage = (event) => recordEnrollment(event.data);
+  if (health.model && health.model.speaker_dim > 0) {
+    setStatus(`enrolling: speak alone for ${ENROLL_SECONDS} s`);
+    const recorded = await enroll(ENROLL_SECONDS);
+    stats.enrolledSeconds = recorded.length / context.sampleRate;
+    Object.assign(startMessage, { protocol: 2, speaker: { audio: base64S16(recorded.blocks, recorded.length),
+                                                          sample_rate: context.sampleRate, format: "s16le" } });
+    setStatus("enrolled; starting");
+  }
   socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   socket.binaryType = "arraybuffer";
-  socket.onopen = () => socket.send(JSON.stringify({ type: "start", sample_rate: context.sampleRate, channels: 1, format: "f32le" }));
+  socket.onopen = () => socket.send(JSON.stringify(startMessage));
   socket.onmessage = (event) => {
     if (typeof event.data === "string") {
       const message = JSON.parse(event.data);
       if (message.type === "ready") {
-        $("model").textContent = `${message.model} (latency ${message.latency_ms} ms)`;
+        const who = message.speaker ? `, personalized: ${message.speaker.speech_seconds} s of your speech enrolled` : "";
+        $("model").textContent = `${message.model} (latency ${message.latency_ms} ms${who})`;
         setStatus(`streaming at ${context.sampleRate} Hz`);
       } else if (message.type === "error") {
         stats.errors.push(message.code);
@@ -76,6 +111,14 @@ async function start() {
     }
   };
   $("stop").disabled = false;
+}
+
+function recordEnrollment(block) {  // the microphone before the stream starts: the enrollment, if one is wanted
+  meter("in-level", rms(block));
+  if (!enrolling || enrolling.length >= enrolling.target) return;
+  enrolling.blocks.push(block.slice());
+  enrolling.length += block.length;
+  if (enrolling.length >= enrolling.target) { const done = enrolling; enrolling = null; done.resolve(done); }
 }
 
 function stop() {

@@ -83,3 +83,33 @@ def test_the_page_streams_a_microphone_and_plays_enhanced_audio(tmp_path):
     assert stats["receivedSamples"] > 48000 and served == 1, stats  # over a second of enhanced audio came back
     rms = np.sqrt(stats["receivedSumSquares"] / stats["receivedSamples"])
     assert rms > 1e-3, stats  # and it is not silence
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("resemblyzer") is None,
+                    reason="the speaker encoder's weights are not installed (make venv installs them)")
+def test_the_page_enrolls_the_user_for_a_personalized_model(tmp_path):
+    """A personalized model: the page records 5 s of the microphone first, the server embeds it, and
+    the stream that follows is enhanced for that speaker."""
+    import torch
+
+    from speechnorm.assets import ASSETS
+    from speechnorm.export.exporter import export_module
+    from speechnorm.models import build
+
+    torch.manual_seed(0)
+    model = build("tac_gru", norm="online", size="small", hidden=24, layers=1, speaker_dim=256).eval()
+    export_module(model, tmp_path / "model", max_mics=2)
+    speech, rate = sf.read(ASSETS / "real_speech" / "conversation.flac", dtype="float32")
+    fake_mic = tmp_path / "mic.wav"
+    sf.write(fake_mic, speech[int(10.6 * rate): int(20 * rate)], rate, subtype="PCM_16")
+
+    async def main():
+        server = EnhancementServer(tmp_path / "model", workers=2)
+        async with TestServer(server.app(), host="127.0.0.1") as http:
+            stats = await page_stats(str(http.make_url("/?autostart=1")), fake_mic, seconds=30.0)
+            return stats, server.served
+
+    stats, served = asyncio.run(main())
+    assert not stats.get("errors"), stats
+    assert stats["enrolledSeconds"] >= 5.0 and stats["state"].startswith("streaming at"), stats
+    assert stats["receivedSamples"] > 48000 and served == 1, stats

@@ -195,3 +195,81 @@ def test_client_raises_the_servers_error(tiny_export):
     folder, _ = tiny_export
     with pytest.raises(ServerError, match="bad_start"):
         run_with_server(folder, lambda s, url, h: stream_audio(url, np.zeros((9, 160), np.float32), 16000))
+
+
+@pytest.fixture(scope="module")
+def personalized_export(tmp_path_factory):
+    """A small personalized TAC-GRU (speaker embeddings of 256, FiLM weights drawn so they matter), exported."""
+    import torch
+
+    from speechnorm.export.exporter import export_module
+    from speechnorm.models import build
+
+    torch.manual_seed(2)
+    model = build("tac_gru", norm="online", size="small", hidden=24, layers=1, speaker_dim=256).eval()
+    with torch.no_grad():
+        model.speaker.proj.weight.normal_(0, 0.3)
+    folder = tmp_path_factory.mktemp("personalized")
+    export_module(model, folder, max_mics=4)
+    return folder
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("resemblyzer") is None,
+                    reason="the speaker encoder's weights are not installed (make venv installs them)")
+def test_two_users_with_different_enrollments_each_get_their_own_result(personalized_export, speech):
+    """One user enrolls by embedding, the other by audio, at once: each gets exactly what the engine
+    gives for their own embedding; a missing or unusable enrollment is answered by code (protocol 2),
+    and a protocol-1 start is answered as before."""
+    from speechnorm.assets import ASSETS
+    from speechnorm.speaker import embed
+
+    folder = personalized_export
+    audio, rate = speech
+    conversation, conv_rate = sf.read(ASSETS / "real_speech" / "conversation.flac", dtype="float32")
+    voice_a = conversation[int(10.6 * conv_rate): int(14.45 * conv_rate)]
+    voice_b = conversation[int(21.8 * conv_rate): int(27.8 * conv_rate)]
+    embedding_a = embed(voice_a, conv_rate)[0]
+    embedding_b = embed(voice_b, conv_rate)[0]
+
+    def alone(embedding):
+        engine = AtRate(StreamingEnhancer.from_path(folder, mics=2, speaker=embedding), rate)
+        return np.concatenate([engine.process(audio), engine.flush()])
+
+    async def body(server, url, http):
+        a, b = await asyncio.gather(stream_audio(url, audio, rate, speaker=embedding_a),
+                                    stream_audio(url, audio, rate, enroll=(voice_b, conv_rate)))
+        codes = []
+        async with aiohttp.ClientSession() as client, client.ws_connect(url) as ws:
+            start = {"type": "start", "sample_rate": rate, "channels": 2}
+            codes.append((await send_and_read(ws, json.dumps(start)))["code"])  # no speaker
+            for speaker in ({"embedding": [0.1] * 3}, {"embedding": [0.1] * 255 + [float("nan")]}, {"audio": "!!"},
+                            {"audio": "AAAA", "sample_rate": 8000}, {"embedding": [], "audio": ""}, "me"):
+                codes.append((await send_and_read(ws, json.dumps({**start, "protocol": 2, "speaker": speaker})))["code"])
+            silent = {"audio": __import__("base64").b64encode(np.zeros(32000, "<f4").tobytes()).decode(), "sample_rate": 16000}
+            codes.append((await send_and_read(ws, json.dumps({**start, "protocol": 2, "speaker": silent})))["code"])
+            codes.append((await send_and_read(ws, json.dumps({**start, "protocol": 3})))["code"])
+        return a, b, codes
+
+    a, b, codes = run_with_server(folder, body)
+    np.testing.assert_array_equal(a.audio, alone(embedding_a))
+    np.testing.assert_allclose(b.audio, alone(embedding_b), atol=1e-6)  # embedded by the server from the audio
+    assert np.abs(a.audio - b.audio).max() > 1e-3  # the two users' streams differ: each kept their own speaker
+    assert a.ready["protocol"] == 2 and b.ready["speaker"]["speech_seconds"] > 2.0
+    np.testing.assert_allclose(b.ready["speaker"]["embedding"], embedding_b, atol=1e-6)
+    assert codes == ["bad_start"] * 7 + ["bad_enrollment", "bad_start"]
+
+
+def test_a_plain_model_refuses_a_speaker_and_speaks_protocol_1(tiny_export, speech):
+    folder, _ = tiny_export
+    audio, rate = speech
+
+    async def body(server, url, http):
+        async with aiohttp.ClientSession() as client, client.ws_connect(url) as ws:
+            start = {"type": "start", "sample_rate": rate, "channels": 2}
+            refused = await send_and_read(ws, json.dumps({**start, "protocol": 2, "speaker": {"embedding": [0.0] * 256}}))
+            ready = await send_and_read(ws, json.dumps(start))
+        return refused, ready
+
+    refused, ready = run_with_server(folder, body)
+    assert refused["code"] == "bad_start" and "not personalized" in refused["message"]
+    assert ready["type"] == "ready" and ready["protocol"] == 1 and "speaker" not in ready
