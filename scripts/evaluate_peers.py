@@ -110,8 +110,9 @@ def ours(runner: Runner):
     if runner.delay != DELAY:
         raise ValueError(f"{runner.description['path']}: delay {runner.delay} samples, the comparison assumes {DELAY}")
 
-    def enhance(noisy: np.ndarray) -> np.ndarray:
-        out = runner(torch.from_numpy(noisy)).numpy()
+    def enhance(noisy: np.ndarray, speaker: np.ndarray | None = None) -> np.ndarray:
+        """``speaker``: the target's embedding, for a personalized model (a plain one ignores it)."""
+        out = runner(torch.from_numpy(noisy), None if speaker is None else torch.from_numpy(speaker)).numpy()
         return np.pad(out[runner.delay :], (0, runner.delay))  # align: out[n + delay] estimates x[n]
 
     return enhance
@@ -140,10 +141,10 @@ def clips(items: int | None):
 DELAY = 160
 
 
-def score(estimate: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
+def score(estimate: np.ndarray, noisy: np.ndarray, clean: np.ndarray, with_tsos: bool = False) -> dict:
     """One system's aligned output on one clip, by ``speechnorm.scoring.score_clip`` over the common span."""
     span = clean.shape[-1] - DELAY
-    scores = score_clip(estimate[:span], noisy[:, :span], clean[:span], RATE, with_noisy=False)
+    scores = score_clip(estimate[:span], noisy[:, :span], clean[:span], RATE, with_noisy=False, with_tsos=with_tsos)
     return {key.removeprefix("enhanced/"): value for key, value in scores.items()}
 
 

@@ -17,6 +17,11 @@ from ``../shared/peers/gtcrn`` and skipped when absent), and each ``--model`` (a
 an exported .onnx or a checkpoint). Metrics: SI-SDR, PESQ-wb, STOI, DNSMOS (one function,
 ``speechnorm.task``), against the target (direct path + 50 ms at mic 0). Writes
 ``OUT/real_eval.{json,md,png}``: the mean per split, and per noise kind, T60 band and mic count.
+
+Personalized evaluation: ``--config recipes/personalized/conf.yaml --name personalized_eval``. The
+clips then add 0-2 competing talkers and carry the target's enrollment embedding, which
+personalized models get (plain models and peers run as always); the report adds TSOS and the
+conditions by number of competing talkers.
 """
 
 from __future__ import annotations
@@ -72,15 +77,15 @@ class Gtcrn:
 
 
 def clips(config: str, items: int | None, splits: list[str]):
-    """(split, index, plan, noisy (M, N), clean (N,)) of the recipe's test splits."""
+    """(split, index, plan, noisy (M, N), clean (N,), speaker (D,) or None) of the recipe's test splits."""
     data_args = yaml.safe_load(Path(config).read_text())["data"]
     data = EnhancementDataModule(**data_args)
     data.setup()
     for split in splits:
         dataset = data.datasets[split]
         for index in range(min(items or len(dataset), len(dataset))):
-            noisy, target = dataset[index]
-            yield split, index, dataset.plan(index), noisy.numpy(), target.numpy()
+            noisy, target, *speaker = dataset[index]
+            yield split, index, dataset.plan(index), noisy.numpy(), target.numpy(), speaker[0].numpy() if speaker else None
 
 
 def main(argv=None) -> int:
@@ -90,55 +95,66 @@ def main(argv=None) -> int:
     parser.add_argument("--items", type=int, default=None, help="clips per split (default: all)")
     parser.add_argument("--splits", nargs="+", default=["test_unseen"], choices=["test", "test_unseen"])
     parser.add_argument("--out", default="results")
+    parser.add_argument("--name", default="real_eval", help="file name of the results (OUT/NAME.{json,md,png})")
+    parser.add_argument("--no-peers", action="store_true", help="only the noisy input and the --model systems")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    systems = {"noisy": lambda x: x[0].copy(), "noisereduce": noisereduce_peer, "rnnoise": RNNoise(), "mvdr": mvdr_peer}
-    if GTCRN.exists():
-        systems["gtcrn"] = Gtcrn()
-    else:
-        print(f"GTCRN skipped: {GTCRN} is absent", file=sys.stderr)
+    # every system takes (noisy, speaker): only a personalized model uses the speaker
+    systems = {"noisy": lambda x, speaker: x[0].copy()}
+    if not args.no_peers:
+        peers = {"noisereduce": noisereduce_peer, "rnnoise": RNNoise(), "mvdr": mvdr_peer}
+        if GTCRN.exists():
+            peers["gtcrn"] = Gtcrn()
+        else:
+            print(f"GTCRN skipped: {GTCRN} is absent", file=sys.stderr)
+        systems.update({name: (lambda peer: lambda x, speaker: peer(x))(peer) for name, peer in peers.items()})
     for path in args.model:
         name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.parent.name}/{Path(path).stem}"
         systems[name] = ours(Runner(path))
-    rows = []
-    for split, index, plan, noisy, clean in clips(args.config, args.items, args.splits):
+    rows, personal = [], False
+    for split, index, plan, noisy, clean, speaker in clips(args.config, args.items, args.splits):
+        personal = speaker is not None
         row = {"split": split, "item": index, "mics": noisy.shape[0], "noise": plan["noise"],
                "t60": round(plan["t60"], 3), "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
+        if personal:
+            row.update(talkers=plan["interferers"], sir_db=round(plan["sir_db"], 2))
         for name, system in systems.items():
             started = time.perf_counter()
-            estimate = system(noisy)
+            estimate = system(noisy, speaker)
             row[f"{name}/rtf"] = (time.perf_counter() - started) / (noisy.shape[1] / RATE)
-            row.update({f"{name}/{k}": v for k, v in score(estimate, noisy, clean).items()})
+            row.update({f"{name}/{k}": v for k, v in score(estimate, noisy, clean, with_tsos=personal).items()})
         rows.append(row)
         print(f"{split} {index} ({plan['noise']}, T60 {plan['t60']:.2f}, {noisy.shape[0]} mics): "
               + "  ".join(f"{n} {row[f'{n}/si_sdr']:.1f}" for n in systems), flush=True)
     names = list(systems)
-    result = {"config": args.config, "clips": len(rows), "systems": names,
-              "mean": {split: {n: {m: mean([r[f"{n}/{m}"] for r in rows if r["split"] == split]) for m in (*METRICS, "rtf")}
+    metrics = (*METRICS, "tsos") if personal else METRICS
+    result = {"config": args.config, "clips": len(rows), "systems": names, "metrics": list(metrics),
+              "mean": {split: {n: {m: mean([r[f"{n}/{m}"] for r in rows if r["split"] == split]) for m in (*metrics, "rtf")}
                                for n in names} for split in dict.fromkeys(r["split"] for r in rows)},
-              "per_condition": per_condition(rows, names), "per_item": rows}
+              "per_condition": per_condition(rows, names, metrics=metrics), "per_item": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "real_eval.json").write_text(json.dumps(result, indent=2))
-    (out / "real_eval.md").write_text(markdown(result))
-    chart(result, out / "real_eval.png")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.md").write_text(markdown(result))
+    chart(result, out / f"{args.name}.png")
     print(markdown(result))
     return 0
 
 
 def markdown(result: dict) -> str:
     names = result["systems"]
+    metrics = result.get("metrics", METRICS)
     splits = " + ".join(dict.fromkeys(r["split"] for r in result["per_item"]))
     lines = [f"{result['clips']} clips of `{result['config']}` ({splits}), every system on the same clips, "
              "scored by one function (`speechnorm.task`).", ""]
     for split, systems in result["mean"].items():
         count = sum(1 for r in result["per_item"] if r["split"] == split)
-        lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(METRICS) + " | RTF |",
-                  "|---|" + "---:|" * (len(METRICS) + 1)]
-        lines += [f"| {n} | " + " | ".join(f"{systems[n][m]:.3f}" for m in METRICS) + f" | {systems[n]['rtf']:.3f} |"
+        lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(metrics) + " | RTF |",
+                  "|---|" + "---:|" * (len(metrics) + 1)]
+        lines += [f"| {n} | " + " | ".join(f"{systems[n][m]:.3f}" for m in metrics) + f" | {systems[n]['rtf']:.3f} |"
                   for n in names]
         lines.append("")
-    for metric in ("si_sdr", "pesq", "stoi", "dnsmos_ovrl"):
+    for metric in ("si_sdr", "pesq", "stoi", "dnsmos_ovrl", "tsos")[: 5 if "tsos" in metrics else 4]:
         lines += [f"### {metric} per condition", "", "| grouping | condition | clips | " + " | ".join(names) + " |",
                   "|---|---|---:|" + "---:|" * len(names)]
         lines += [f"| {row['grouping']} | {row['condition']} | {row['clips']} | "
@@ -149,8 +165,9 @@ def markdown(result: dict) -> str:
 
 
 def chart(result: dict, path: Path) -> None:
-    """Noise kinds on the x axis, a bar per system."""
-    rows = {r["condition"]: r for r in result["per_condition"] if r["grouping"] == "noise"}
+    """Noise kinds (personalized: numbers of competing talkers) on the x axis, a bar per system."""
+    grouping = "talkers" if any(r["grouping"] == "talkers" for r in result["per_condition"]) else "noise"
+    rows = {r["condition"]: r for r in result["per_condition"] if r["grouping"] == grouping}
     grouped_bars(path, list(rows), result["systems"], lambda kind, system, key: rows[kind][f"{system}/{key}"])
 
 

@@ -158,3 +158,42 @@ def test_talkers_are_never_the_targets_voice(voices, tmp_path):
                                  talker_corpus=Corpus(voices / "clean", voices / "noise", "train"))
     files, corpus = borrowed._talkers("spkA")
     assert files and {corpus.speaker(p) for p in files} == {"spkB"}
+
+
+@needs_encoder
+def test_the_comparison_script_gives_the_same_numbers_as_evaluate(voices, tmp_path):
+    """scripts/evaluate_real.py on a personalized config: a personalized and a plain model on the
+    same clips, TSOS and talker conditions reported, and the personalized model's number on each
+    clip is the one ``speechnorm evaluate`` gives (one evaluation path)."""
+    import json
+    import sys
+
+    import yaml
+    from conftest import save_checkpoint
+
+    from speechnorm.evaluate import evaluate
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import evaluate_real
+
+    data = {"clean_dir": str(voices / "clean"), "noise_dir": str(voices / "noise"), "train_items": 2, "val_items": 2,
+            "test_items": 2, "seconds": 1.0, "batch_size": 1, "seed": 4,
+            "personalize": {"interferers": [1, 2], "sir_db": [0.0, 5.0], "embeddings_dir": str(tmp_path / "emb")}}
+    config = tmp_path / "conf.yaml"
+    config.write_text(yaml.safe_dump({"data": data}))
+    personal = save_checkpoint(tmp_path / "p.ckpt", hidden=16, layers=1, speaker_dim=256)
+    stored = torch.load(personal, weights_only=False)
+    stored["state_dict"]["model.speaker.proj.weight"].normal_(0, 0.2)
+    stored["datamodule_hyper_parameters"] = data
+    torch.save(stored, personal)
+    plain = save_checkpoint(tmp_path / "plain.ckpt", hidden=16, layers=1)
+    evaluate_real.main(["--config", str(config), "--model", str(personal), "--model", str(plain), "--no-peers",
+                        "--splits", "test", "--out", str(tmp_path / "out"), "--name", "pe"])
+    result = json.loads((tmp_path / "out" / "pe.json").read_text())
+    assert "tsos" in result["metrics"] and any(r["grouping"] == "talkers" for r in result["per_condition"])
+    by_evaluate = evaluate(personal, split="test", out=tmp_path / "ev", pictures=0, dnsmos=False)["per_item"]
+    name = next(n for n in result["systems"] if n.endswith("/p"))
+    for row, reference in zip(result["per_item"], by_evaluate):
+        assert row["talkers"] == reference["talkers"]
+        for metric in ("si_sdr", "pesq", "stoi", "tsos"):
+            assert row[f"{name}/{metric}"] == pytest.approx(reference[f"enhanced/{metric}"], abs=1e-9), metric
