@@ -24,9 +24,12 @@ from speechnorm.evaluate import METRICS, evaluate, markdown_table
 from speechnorm.export import export_model
 from speechnorm.export.card import write_card
 from speechnorm.models import count_parameters
-from speechnorm.models.checkpoint import load_model
+from speechnorm.models.checkpoint import NORM_DEFAULTS_KEY, load_model
 
-KEEP = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version", "global_step", "epoch")
+# what a released checkpoint keeps: no optimizer state; the normalizer defaults it was trained under
+# (without them a bare "online" would load as the oldest defaults: ``speechnorm.norm.pin_defaults``)
+KEEP = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version", "global_step", "epoch",
+        NORM_DEFAULTS_KEY)
 
 
 def main(argv=None):

@@ -19,6 +19,19 @@ MIC_AXIS_NAME = "mics"
 STREAM_AXIS_NAME = "streams"  # the batched step graph's leading axis: one row per stream
 
 
+def wants_speaker(owner: str, speaker_dim: int, speaker) -> bool:
+    """Whether ``speaker`` is there to check: raises when a personalized model (``speaker_dim`` > 0)
+    has none, or a plain one is given one. Shared by the models and the runtimes."""
+    if not speaker_dim:
+        if speaker is not None:
+            raise ValueError(f"{owner} is not personalized: it takes no speaker embedding")
+        return False
+    if speaker is None:
+        raise ValueError(f"{owner} is personalized: give the target speaker's embedding ({speaker_dim} values; "
+                         "`speechnorm enroll ME.wav -o me.npy`)")
+    return True
+
+
 def next_name(name: str) -> str:
     """The output that carries state ``name`` to the next hop: ``state.x`` -> ``next_state.x``
     (and ``state_3`` -> ``next_state_3`` in files exported before the states had names)."""

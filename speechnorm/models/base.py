@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dsp import STFT
+from ..graph_io import wants_speaker
 from ..norm import NotStreamableError
 from ..state import State, StateSpec, flatten, specs, unflatten
 
@@ -122,13 +123,8 @@ class SpectralEnhancer(nn.Module):
         """The speaker embedding as (B, D) (a (D,) one is shared by the batch), or None for a plain
         model; a ValueError that says what is wrong otherwise."""
         name = type(self).__name__
-        if not self.personalized:
-            if speaker is not None:
-                raise ValueError(f"{name} is not personalized: it takes no speaker embedding")
+        if not wants_speaker(name, self.speaker_dim, speaker):
             return None
-        if speaker is None:
-            raise ValueError(f"{name} is personalized: give the target speaker's embedding ({self.speaker_dim} values, "
-                             "`speechnorm enroll ME.wav -o me.npy`)")
         speaker = torch.as_tensor(speaker, device=device, dtype=dtype or torch.float32)
         if speaker.dim() == 1:
             speaker = speaker.expand(batch, -1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..graph_io import AUDIO, ENHANCED, SPEAKER, StateTensor, next_name
+from ..graph_io import AUDIO, ENHANCED, SPEAKER, StateTensor, next_name, wants_speaker
 
 METADATA_KEY = "speechnorm"
 STEP_FILE, OFFLINE_FILE, BATCH_FILE = "model.onnx", "model_offline.onnx", "model_batch.onnx"
@@ -43,13 +43,8 @@ class ModelInfo:
 
     def check_speaker(self, speaker) -> np.ndarray | None:
         """The speaker embedding as (D,) float32, None for a plain model, or a ValueError saying why not."""
-        if not self.speaker_dim:
-            if speaker is not None:
-                raise ValueError(f"{self.name} is not personalized: it takes no speaker embedding")
+        if not wants_speaker(self.name, self.speaker_dim, speaker):
             return None
-        if speaker is None:
-            raise ValueError(f"{self.name} is personalized: give the target speaker's embedding ({self.speaker_dim} "
-                             "values; `speechnorm enroll ME.wav -o me.npy`, or --enroll ME.wav)")
         try:
             speaker = np.asarray(speaker, dtype=np.float32)
         except (TypeError, ValueError):
