@@ -69,10 +69,14 @@ def main(argv=None):
     }
     write_card(folder, card)
     card = export_model(folder, folder)  # adds the verified ONNX graphs and the card's "onnx" section
-    with tempfile.TemporaryDirectory() as tmp:
-        enhance_file(EXAMPLE, Path(tmp) / "enhanced.wav", model=folder, backend="onnx")
-        card["example"] = {"file": "speechnorm/assets/example_4mic.flac", "reference": "speechnorm/assets/example_clean.flac",
-                           **score_against(EXAMPLE, Path(tmp) / "enhanced.wav", ASSETS / "example_clean.flac")}
+    if model.personalized:  # the example has no enrollment of its own speaker apart from itself: not scored
+        card.pop("example", None)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            enhance_file(EXAMPLE, Path(tmp) / "enhanced.wav", model=folder, backend="onnx")
+            card["example"] = {"file": "speechnorm/assets/example_4mic.flac",
+                               "reference": "speechnorm/assets/example_clean.flac",
+                               **score_against(EXAMPLE, Path(tmp) / "enhanced.wav", ASSETS / "example_clean.flac")}
     if args.logs:
         training_curve(Path(args.logs), folder / "training_curve.png")
     card["corpus"] = corpus_sources(card["training"]["data"])
@@ -161,6 +165,7 @@ def limits_paragraph(data: dict) -> str:
 
 def model_card(card: dict, results: dict) -> str:
     data = card["training"]["data"]
+    personal = bool((card.get("onnx") or {}).get("speaker"))
     lines = [
         f"# {card['name']}",
         "",
@@ -190,7 +195,8 @@ def model_card(card: dict, results: dict) -> str:
         "## Use",
         "",
         "```",
-        f"speechnorm enhance noisy.wav -o enhanced.wav --model models/{card['name']}   # any rate, 1-16 channels",
+        f"speechnorm enhance noisy.wav -o enhanced.wav --model models/{card['name']}"
+        + (" --enroll me.wav   # 2-30 s of the target speaker alone" if personal else "   # any rate, 1-16 channels"),
         f"speechnorm serve --model models/{card['name']}                               # WebSocket, serve/PROTOCOL.md",
         "```",
         "",
@@ -199,6 +205,15 @@ def model_card(card: dict, results: dict) -> str:
         "`model_offline.onnx` takes a whole utterance (mics, samples). Both were checked against PyTorch in "
         "onnxruntime at export (`onnx.verification` in the card).",
         "",
+    ]
+    if personal:
+        lines += ["**Personalized:** it keeps the enrolled speaker and removes noise and other talkers. The target "
+                  "speaker's embedding (`speechnorm enroll me.wav -o me.npy`, 256 values) enters the step graph as "
+                  "the state `state.speaker.embedding` (1, 256), set when a stream opens, and the offline graph as "
+                  "the input `speaker` (`onnx.speaker` in the card); `speechnorm serve` takes it in `start` "
+                  "(protocol 2). Its test items add 0-2 competing talkers; TSOS is the fraction of the target's "
+                  "speech frames suppressed by more than 10 dB (README).", ""]
+    lines += [
         "## Measured",
         "",
     ]
