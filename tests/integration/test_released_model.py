@@ -13,6 +13,15 @@ from speechnorm.models import count_parameters
 RELEASED = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "models").glob("*/card.json"))
 
 
+def unit_speaker(model, seed: int = 0):
+    """A personalized model's embedding for checks that need one (non-negative, unit, like the
+    encoder's), None for a plain model."""
+    if not model.speaker_dim:
+        return None
+    raw = torch.rand(model.speaker_dim, generator=torch.Generator().manual_seed(seed))
+    return raw / raw.norm()
+
+
 def test_a_model_is_released():
     assert RELEASED, "models/ holds no released model"
 
@@ -25,9 +34,10 @@ def test_card_matches_the_weights_and_the_weights_stream(folder):
     assert card["parameters"] == count_parameters(model)
     assert card["sample_rate"] == model.sample_rate and card["latency_ms"] == model.latency_ms
     audio = torch.randn(1, 3, 160 * 30) * 0.1
+    speaker = unit_speaker(model)
     with torch.inference_mode():
-        whole = model(audio)
-        state = model.initial_state(1, mics=3)
+        whole = model(audio, speaker=speaker)
+        state = model.initial_state(1, mics=3, speaker=speaker)
         hops = []
         for t in range(30):
             out, state = model.step(audio[..., t * 160 : (t + 1) * 160], state)
@@ -47,6 +57,13 @@ def test_released_model_enhances_fresh_speech_in_noise(folder):
     model, _ = load_model(folder)
     rng = np.random.default_rng(123)
     exe = synthetic.require_espeak()
+    speaker = None
+    if model.personalized:  # enrolled from another sentence of the same voice
+        from speechnorm.speaker import embed
+
+        pytest.importorskip("resemblyzer")
+        enrollment = synthetic.speak("we will meet at the corner of the old market square after lunch", "en-us", 160, 50, exe)
+        speaker = torch.from_numpy(embed(enrollment.numpy(), 16000)[0])
     gains = []
     for i, text in enumerate(["the station opens at seven every morning", "please call me tomorrow about the letter"]):
         speech = synthetic.speak(text, "en-us", 160, 50, exe)[: 16000 * 2]
@@ -55,7 +72,7 @@ def test_released_model_enhances_fresh_speech_in_noise(folder):
         noisy, target = simulate(rng, speech, [noise], array_geometry(rng, "circular", 4), MixSpec(snr_db=(0.0, 0.0)))
         with torch.inference_mode():
             delay = model.delay_samples  # output sample n + delay estimates target sample n
-            enhanced, aligned = model(noisy[None])[0, delay:], target[: target.numel() - delay]
+            enhanced, aligned = model(noisy[None], speaker=speaker)[0, delay:], target[: target.numel() - delay]
         gains.append((si_sdr(enhanced, aligned) - si_sdr(noisy[0, : aligned.numel()], aligned)).item())
     assert min(gains) > 1.0, gains
 
@@ -70,9 +87,11 @@ def test_released_onnx_graphs_compute_what_the_checkpoint_loads_as(folder):
     onnx = OnnxModel(folder / "model.onnx")
     model, _ = load_model(folder)
     audio = (np.random.default_rng(0).standard_normal((3, 160 * 40)) * 0.1).astype(np.float32)
+    speaker = unit_speaker(model)
     with torch.inference_mode():
-        expected = model(torch.from_numpy(audio)[None])[0].numpy()
-    np.testing.assert_allclose(onnx.offline(audio), expected, atol=2e-4, rtol=0)
-    stream = onnx.open(3)
+        expected = model(torch.from_numpy(audio)[None], speaker=speaker)[0].numpy()
+    speaker = None if speaker is None else speaker.numpy()
+    np.testing.assert_allclose(onnx.offline(audio, speaker=speaker), expected, atol=2e-4, rtol=0)
+    stream = onnx.open(3, speaker=speaker)
     stepped = np.concatenate([stream.step(audio[:, t * 160 : (t + 1) * 160]).copy() for t in range(40)], -1)
     np.testing.assert_allclose(stepped, expected, atol=2e-4, rtol=0)
