@@ -251,7 +251,8 @@ def test_two_users_with_different_enrollments_each_get_their_own_result(personal
         return a, b, codes
 
     a, b, codes = run_with_server(folder, body)
-    np.testing.assert_array_equal(a.audio, alone(embedding_a))
+    # the two 2-mic streams may share batched calls: equal to float rounding (one call's batch of 2 vs 1)
+    np.testing.assert_allclose(a.audio, alone(embedding_a), atol=1e-6)
     np.testing.assert_allclose(b.audio, alone(embedding_b), atol=1e-6)  # embedded by the server from the audio
     assert np.abs(a.audio - b.audio).max() > 1e-3  # the two users' streams differ: each kept their own speaker
     assert a.ready["protocol"] == 2 and b.ready["speaker"]["speech_seconds"] > 2.0
