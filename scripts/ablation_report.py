@@ -83,7 +83,7 @@ def score_run(run: Path, items: int, clips: dict) -> dict | None:
         row = json.loads(cache.read_text())
         row.pop("ms_per_step", None)  # written by earlier versions, timed beside the sweep
         if row.get("checkpoint") == checkpoints[-1].name and row.get("items") == items:
-            return row
+            return {**row, "run": run.name, "setting": match["setting"]}  # the folder names the setting (it may be renamed)
     model, hparams = load_model(checkpoints[-1])
     data_hparams = hparams["data"]
     key = json.dumps({k: v for k, v in data_hparams.items() if k not in ("batch_size", "num_workers")}, sort_keys=True)
