@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -98,11 +97,13 @@ class Session:
             raise ProtocolError("bad_start", "'speaker' must be an object with either 'embedding' or 'audio'")
         if "embedding" in speaker:
             values = speaker["embedding"]
-            if (not isinstance(values, list) or len(values) != model.speaker_dim
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ProtocolError("bad_start", f"speaker.embedding must be a list of {model.speaker_dim} finite numbers "
                                                  f"(`speechnorm enroll`), got {quote(values)}")
-            return np.asarray(values, np.float32)
+            try:  # its size and values: the runtime's own check
+                return model.check_speaker(values)
+            except (ValueError, OverflowError) as err:
+                raise ProtocolError("bad_start", f"speaker.embedding: {err}") from None
         rate, fmt, data = speaker.get("sample_rate"), speaker.get("format", "f32le"), speaker["audio"]
         if not isinstance(fmt, str) or fmt not in FORMATS:
             raise ProtocolError("bad_start", f"speaker.format must be one of {sorted(FORMATS)}, got {quote(fmt)}")
