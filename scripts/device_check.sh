@@ -26,5 +26,5 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 TAIL=25 stage pytest_gpu 210 $PY -m pytest -m gpu tests/gpu -q -p no:cacheprovider -n 8
 TAIL=60 stage bench_norm_cuda 150 $PY scripts/bench_norm.py --device cuda
 TAIL=30 stage bench_norm_cuda_torch 50 $PY scripts/bench_norm.py --device cuda --backend torch --no-reference --no-train-step --dtypes fp32
-TAIL=12 stage bench_train_step_b8 50 $PY scripts/bench_train_step.py --device cuda --models tac_gru tac_crn --norms online batch layer none --batch 8
-TAIL=12 stage bench_train_step_base_b32 50 $PY scripts/bench_train_step.py --device cuda --size base --models tac_gru tac_crn --norms online batch none --batch 32
+TAIL=12 stage bench_train_step_b8 50 $PY scripts/bench_train_step.py --device cuda --models tac_gru tac_crn --norms online batch layer none --batch 8 --cuda-graph
+TAIL=12 stage bench_train_step_base_b32 50 $PY scripts/bench_train_step.py --device cuda --size base --models tac_gru tac_crn --norms online batch none --batch 32 --cuda-graph

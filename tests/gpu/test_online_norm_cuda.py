@@ -49,7 +49,7 @@ def test_fp32_matches_reference(axis, shape, kind, ecm):
     torch.manual_seed(0)
     layer = randomized(shape, axis, ecm)
     before = layer.running_mean.clone(), layer.running_var.clone(), layer.control.clone()
-    x = ref.laid_out(shape, kind).cuda()
+    x = ref.laid_out(shape, kind, device="cuda")
     if kind != "contiguous":
         assert not x.is_contiguous()
     grad_out = torch.randn(shape, device="cuda")
@@ -63,7 +63,7 @@ def test_fp32_matches_reference(axis, shape, kind, ecm):
 def test_half_precision_matches_fp32(axis, shape, kind, half):
     """bf16/fp16 in and out, statistics in fp32: within the half format's rounding of the fp32 run."""
     torch.manual_seed(0)
-    x = ref.laid_out(shape, kind).cuda()
+    x = ref.laid_out(shape, kind, device="cuda")
     grad_out = torch.randn(shape, device="cuda")
     results = []
     for dtype in (torch.float32, half):

@@ -141,27 +141,32 @@ def assert_call_matches(layer, x, out, expected, **tol):
         torch.testing.assert_close(got.detach().double().cpu(), expected[name], msg=lambda m, n=name: f"{n}: {m}", **tol)
 
 
-def laid_out(shape, kind, generator=None):
+def laid_out(shape, kind, generator=None, device="cpu"):
     """A random tensor of ``shape`` with per-feature offsets, laid out in memory as ``kind`` says:
     contiguous, features innermost (a pointwise layer's output), time first (a GRU's), a strided
-    slice (no dense layout), or channels_last."""
+    slice (no dense layout), or channels_last. The numbers are drawn on the CPU (the same on every
+    device) and the layout is made on ``device`` (``.to`` would make a strided slice dense)."""
     import torch
 
     batch, channels = shape[0], shape[1]
     rest = shape[2:]
+
+    def draw(*size):
+        return torch.randn(*size, generator=generator).to(device)
+
     if kind == "contiguous":
-        x = torch.randn(shape, generator=generator)
+        x = draw(*shape)
     elif kind == "features_inner":  # (B, T, C) or (B, T, F, C) seen as (B, C, T[, F]): a pointwise layer's output
-        x = torch.randn(batch, *rest, channels, generator=generator).movedim(-1, 1)
+        x = draw(batch, *rest, channels).movedim(-1, 1)
     elif kind == "time_first":  # (T, B, C) seen as (B, C, T): a GRU's output
-        x = torch.randn(rest[0], batch, channels, *rest[1:], generator=generator).movedim(0, 2)
+        x = draw(rest[0], batch, channels, *rest[1:]).movedim(0, 2)
     elif kind == "strided":  # a slice: no dense layout at all
-        big = torch.randn(batch, 2 * channels, *(r + 2 for r in rest), generator=generator)
+        big = draw(batch, 2 * channels, *(r + 2 for r in rest))
         x = big[(slice(None), slice(None, None, 2), *(slice(1, -1) for _ in rest))]
     elif kind == "channels_last":
-        x = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+        x = draw(*shape).contiguous(memory_format=torch.channels_last)
     else:
         raise ValueError(kind)
     assert x.shape == torch.Size(shape)
-    offsets = torch.linspace(-3, 3, channels).view(1, channels, *([1] * len(rest)))
+    offsets = torch.linspace(-3, 3, channels, device=device).view(1, channels, *([1] * len(rest)))
     return x.mul_(2.0).add_(offsets)
