@@ -21,7 +21,10 @@ an exported .onnx or a checkpoint). Metrics: SI-SDR, PESQ-wb, STOI, DNSMOS (one 
 Personalized evaluation: ``--config recipes/personalized/conf.yaml --name personalized_eval``. The
 clips then add 0-2 competing talkers and carry the target's enrollment embedding, which
 personalized models get (plain models and peers run as always); the report adds TSOS and the
-conditions by number of competing talkers.
+conditions by number of competing talkers. ``--wrong-enrollment`` adds each personalized model
+enrolled with another speaker (the split's least similar embedding): a model that follows its
+enrollment loses the target there. ``--target-row`` scores the target itself beside the systems:
+its DNSMOS is what a perfect system would get on these clips.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from speechnorm.data.datamodule import EnhancementDataModule  # noqa: E402
 from speechnorm.evaluate import METRICS, Runner, mean, per_condition, t60_band  # noqa: E402
 
 RATE = 16_000
+TARGET = "target (ceiling)"
 GTCRN = Path(__file__).resolve().parents[2] / "shared" / "peers" / "gtcrn" / "gtcrn_simple.onnx"
 
 
@@ -88,6 +92,13 @@ def clips(config: str, items: int | None, splits: list[str]):
             yield split, index, dataset.plan(index), noisy.numpy(), target.numpy(), speaker[0].numpy() if speaker else None
 
 
+def least_similar(embedding: np.ndarray, candidates: list[np.ndarray]) -> np.ndarray:
+    """Of ``candidates``, the embedding least similar (cosine) to ``embedding``: another speaker's
+    enrollment, in all likelihood (one voice scores ~0.7-0.9 against itself, others ~0.4-0.5)."""
+    unit = np.stack(candidates) / np.linalg.norm(np.stack(candidates), axis=1, keepdims=True)
+    return candidates[int(np.argmin(unit @ (embedding / np.linalg.norm(embedding))))]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="recipes/real_rooms/conf.yaml")
@@ -97,6 +108,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results")
     parser.add_argument("--name", default="real_eval", help="file name of the results (OUT/NAME.{json,md,png})")
     parser.add_argument("--no-peers", action="store_true", help="only the noisy input and the --model systems")
+    parser.add_argument("--target-row", action="store_true",
+                        help="also score the target itself: its DNSMOS is the ceiling any system can reach on "
+                             "these clips (its SI-SDR, PESQ and STOI are trivially the maximum)")
+    parser.add_argument("--wrong-enrollment", action="store_true",
+                        help="personalized: also run each personalized --model enrolled with another speaker "
+                             "(the clip of the split whose embedding is least similar): does it follow the enrollment?")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     # every system takes (noisy, speaker): only a personalized model uses the speaker
@@ -108,19 +125,30 @@ def main(argv=None) -> int:
         else:
             print(f"GTCRN skipped: {GTCRN} is absent", file=sys.stderr)
         systems.update({name: (lambda peer: lambda x, speaker: peer(x))(peer) for name, peer in peers.items()})
+    if args.target_row:
+        systems[TARGET] = None  # scored on the target itself, below
+    wrong = set()
     for path in args.model:
         name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.parent.name}/{Path(path).stem}"
-        systems[name] = ours(Runner(path))
+        runner = Runner(path)
+        systems[name] = ours(runner)
+        if args.wrong_enrollment and runner.personalized:
+            systems[f"{name} (wrong enrollment)"] = systems[name]
+            wrong.add(f"{name} (wrong enrollment)")
+    every = list(clips(args.config, args.items, args.splits))
+    if wrong and every[0][-1] is None:
+        parser.error("--wrong-enrollment needs a personalized --config (its clips carry enrollments)")
     rows, personal = [], False
-    for split, index, plan, noisy, clean, speaker in clips(args.config, args.items, args.splits):
+    for split, index, plan, noisy, clean, speaker in every:
         personal = speaker is not None
+        impostor = least_similar(speaker, [c[-1] for c in every if c[0] == split]) if wrong else None
         row = {"split": split, "item": index, "mics": noisy.shape[0], "noise": plan["noise"],
                "t60": round(plan["t60"], 3), "t60_band": t60_band(plan["t60"]), "snr_db": round(plan["snr_db"], 2)}
         if personal:
             row.update(talkers=plan["interferers"], sir_db=round(plan["sir_db"], 2))
         for name, system in systems.items():
             started = time.perf_counter()
-            estimate = system(noisy, speaker)
+            estimate = clean.copy() if name == TARGET else system(noisy, impostor if name in wrong else speaker)
             row[f"{name}/rtf"] = (time.perf_counter() - started) / (noisy.shape[1] / RATE)
             row.update({f"{name}/{k}": v for k, v in score(estimate, noisy, clean, with_tsos=personal).items()})
         rows.append(row)
@@ -146,7 +174,9 @@ def markdown(result: dict) -> str:
     metrics = result.get("metrics", METRICS)
     splits = " + ".join(dict.fromkeys(r["split"] for r in result["per_item"]))
     lines = [f"{result['clips']} clips of `{result['config']}` ({splits}), every system on the same clips, "
-             "scored by one function (`speechnorm.task`).", ""]
+             "scored by one function (`speechnorm.task`)."
+             + (f" `{TARGET}` is the target scored against itself: only its DNSMOS says something (the most any "
+                "system can get on these clips)." if TARGET in names else ""), ""]
     for split, systems in result["mean"].items():
         count = sum(1 for r in result["per_item"] if r["split"] == split)
         lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(metrics) + " | RTF |",
@@ -168,7 +198,8 @@ def chart(result: dict, path: Path) -> None:
     """Noise kinds (personalized: numbers of competing talkers) on the x axis, a bar per system."""
     grouping = "talkers" if any(r["grouping"] == "talkers" for r in result["per_condition"]) else "noise"
     rows = {r["condition"]: r for r in result["per_condition"] if r["grouping"] == grouping}
-    grouped_bars(path, list(rows), result["systems"], lambda kind, system, key: rows[kind][f"{system}/{key}"])
+    systems = [n for n in result["systems"] if n != TARGET]  # its trivial SI-SDR would flatten every other bar
+    grouped_bars(path, list(rows), systems, lambda kind, system, key: rows[kind][f"{system}/{key}"])
 
 
 if __name__ == "__main__":

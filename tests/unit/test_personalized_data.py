@@ -188,8 +188,10 @@ def test_the_comparison_script_gives_the_same_numbers_as_evaluate(voices, tmp_pa
     torch.save(stored, personal)
     plain = save_checkpoint(tmp_path / "plain.ckpt", hidden=16, layers=1)
     evaluate_real.main(["--config", str(config), "--model", str(personal), "--model", str(plain), "--no-peers",
-                        "--splits", "test", "--out", str(tmp_path / "out"), "--name", "pe"])
+                        "--splits", "test", "--out", str(tmp_path / "out"), "--name", "pe", "--wrong-enrollment"])
     result = json.loads((tmp_path / "out" / "pe.json").read_text())
+    # the wrong enrollment is a system of the personalized model only
+    assert [n for n in result["systems"] if "wrong enrollment" in n] == [f"{next(n for n in result['systems'] if n.endswith('/p'))} (wrong enrollment)"]
     assert "tsos" in result["metrics"] and any(r["grouping"] == "talkers" for r in result["per_condition"])
     by_evaluate = evaluate(personal, split="test", out=tmp_path / "ev", pictures=0, dnsmos=False)["per_item"]
     name = next(n for n in result["systems"] if n.endswith("/p"))
@@ -197,3 +199,17 @@ def test_the_comparison_script_gives_the_same_numbers_as_evaluate(voices, tmp_pa
         assert row["talkers"] == reference["talkers"]
         for metric in ("si_sdr", "pesq", "stoi", "tsos"):
             assert row[f"{name}/{metric}"] == pytest.approx(reference[f"enhanced/{metric}"], abs=1e-9), metric
+
+
+def test_least_similar_picks_the_other_voice():
+    """The impostor enrollment of ``evaluate_real --wrong-enrollment`` is the candidate of lowest
+    cosine similarity, whatever the vectors' lengths."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import evaluate_real
+
+    me = np.array([1.0, 0.0, 0.0])
+    candidates = [np.array([5.0, 0.1, 0.0]), np.array([0.0, 0.2, 0.0]), np.array([0.7, 0.7, 0.0]), me]
+    assert evaluate_real.least_similar(me, candidates) is candidates[1]
+    assert evaluate_real.least_similar(candidates[1], candidates) is candidates[3]  # cosine 0, not c0's 0.02
