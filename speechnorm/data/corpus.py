@@ -41,6 +41,52 @@ def read_manifest(folder: str | Path) -> dict[str, dict] | None:
         return {str((Path(folder) / row["file"]).resolve()): row for row in csv.DictReader(handle)}
 
 
+QUALITY_KEYS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
+
+
+def read_quality(folder: str | Path) -> dict[str, dict[str, float]]:
+    """DNSMOS of the utterances of ``folder`` (``scripts/corpus_quality.py --all`` writes
+    ``folder/quality-*.csv``) as {resolved file path: {key: value}}; empty when none is there."""
+    scores = {}
+    for path in sorted(Path(folder).glob("quality-*.csv")):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    scores[str((Path(folder) / row["file"]).resolve())] = {k: float(row[k]) for k in QUALITY_KEYS}
+                except (KeyError, TypeError, ValueError):
+                    log.warning("skipping a malformed row of %s: %s", path, row)
+    return scores
+
+
+def screen(files: list[Path], quality: dict[str, dict[str, float]], floor: dict[str, float], where: str) -> list[Path]:
+    """The ``files`` whose DNSMOS scores reach every ``floor`` ({key: minimum}, keys of
+    ``QUALITY_KEYS``). Files without a score are kept and counted; a corpus with no scores at all,
+    an unknown key, or a floor that leaves nothing is an error."""
+    unknown = set(floor) - set(QUALITY_KEYS)
+    if unknown:
+        raise ValueError(f"quality floor keys must be among {QUALITY_KEYS}, got {sorted(unknown)}")
+    if not quality:
+        raise ValueError(f"a speech quality floor needs DNSMOS scores of {where}: run "
+                         "`python scripts/corpus_quality.py --all` first")
+    kept, dropped, unscored = [], 0, 0
+    for path in files:
+        scores = quality.get(str(Path(path).resolve()))
+        if scores is None:
+            unscored += 1
+            kept.append(path)
+        elif all(scores[key] >= minimum for key, minimum in floor.items()):
+            kept.append(path)
+        else:
+            dropped += 1
+    if not kept:
+        raise ValueError(f"the quality floor {floor} leaves no speech in {where}")
+    log.info("quality floor %s on %s: kept %d of %d utterances (%d below it dropped, %d unscored kept)",
+             floor, where, len(kept), len(files), dropped, unscored)
+    if unscored:
+        log.warning("%d utterances of %s have no DNSMOS score and were kept", unscored, where)
+    return kept
+
+
 def scan(folder: str | Path) -> list[Path]:
     """Audio files under ``folder`` whose headers read, sorted; the others are reported."""
     folder = Path(folder)
@@ -89,12 +135,14 @@ class Corpus:
     """
 
     def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000,
-                 rir_dir: str | Path | None = None):
+                 rir_dir: str | Path | None = None, quality_floor: dict[str, float] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.sample_rate = sample_rate
         self.manifest = {**(read_manifest(clean_dir) or {}), **(read_manifest(noise_dir) or {})}
         self.clean = self._pick(scan(clean_dir), split, self.manifest)
+        if quality_floor:
+            self.clean = screen(self.clean, read_quality(clean_dir), quality_floor, f"{clean_dir} ({split})")
         self.noise = self._pick(scan(noise_dir), split, self.manifest)
         # noise by kind: recorded (real recordings from packages) or generated (the built-in kinds)
         self.noise_by_kind = {"noise": self.noise,

@@ -34,6 +34,10 @@ class EnhancementDataModule(L.LightningDataModule):
         personalize: items for personalized models (``dataset.Personalization``): {"interferers":
             [0, 2], "sir_db": [-5, 10], "embeddings_dir": ".cache/embeddings"}; each item then also
             holds the target speaker's embedding, from another utterance of that speaker.
+        speech_quality_floor: screen the *training* speech by DNSMOS, e.g. {"dnsmos_bak": 3.0}:
+            utterances scored below a floor (``scripts/corpus_quality.py --all``) are left out, so
+            the model never learns to keep a recording's own background. Validation and test
+            clips are not screened: they stay the same clips, comparable across models.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class EnhancementDataModule(L.LightningDataModule):
         sensor_snr_db: tuple[float, float] | None = None, noise_kinds: dict[str, float] | None = None,
         talker_snr_floor_db: float = 0.0, test_t60: tuple[float, float] | None = None,
         test_snr_db: tuple[float, float] | None = None, personalize: dict | None = None,
+        speech_quality_floor: dict[str, float] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -93,7 +98,8 @@ class EnhancementDataModule(L.LightningDataModule):
         corpora = {}
         for split, size in sizes.items():
             corpus = corpora.setdefault(split, Corpus(clean, noise, "test" if split == "test_unseen" else split,
-                                                      rir_dir=hp.rir_dir))
+                                                      rir_dir=hp.rir_dir,
+                                                      quality_floor=hp.speech_quality_floor if split == "train" else None))
             self.datasets[split] = SimulatedMixtures(
                 corpus, split, size, hp.seconds, hp.seed, mic_block=self.block(split),
                 spec=test_spec if split.startswith("test") else spec, cache_dir=hp.cache_dir,

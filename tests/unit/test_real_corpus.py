@@ -6,6 +6,7 @@ of the batch size."""
 import logging
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,44 @@ def test_per_condition_means_group_the_clips_by_each_factor():
     assert table[("noise", "talker")]["noisy/pesq"] == 2.0
     assert table[("T60", "T60>=0.7s")]["clips"] == 2 and table[("mics", "8")]["clips"] == 1
     assert table[("noise x T60 x mics", "babble / T60<0.4s / 4")]["enhanced/stoi"] == 10.0
+
+
+def test_quality_floor_screens_training_speech_only(tiny_corpus, tmp_path, caplog):
+    """A DNSMOS floor drops the scored training utterances below it, keeps the unscored ones, and
+    leaves validation and test speech alone; scores merge over shard files, a malformed row is
+    reported and skipped; a floor without scores, with an unknown key or leaving nothing is refused."""
+    from speechnorm.data.corpus import read_quality, screen
+    from speechnorm.data.datamodule import EnhancementDataModule
+
+    clean = tmp_path / "clean"
+    shutil.copytree(tiny_corpus / "clean", clean)
+    header = "file,dnsmos_sig,dnsmos_bak,dnsmos_ovrl\n"
+    (clean / "quality-0of2.csv").write_text(header + "utt0.wav,3.5,3.9,3.1\nutt1.wav,2.0,1.5,1.4\nutt2.wav,x,y,z\n")
+    (clean / "quality-1of2.csv").write_text(header + "utt3.wav,3.4,2.9,2.6\n")
+    with caplog.at_level(logging.WARNING):
+        scores = read_quality(clean)
+    assert sorted(Path(p).name for p in scores) == ["utt0.wav", "utt1.wav", "utt3.wav"]
+    assert scores[str((clean / "utt3.wav").resolve())] == {"dnsmos_sig": 3.4, "dnsmos_bak": 2.9, "dnsmos_ovrl": 2.6}
+    assert "malformed" in caplog.text and "utt2.wav" in caplog.text
+
+    def corpora(floor):
+        data = EnhancementDataModule(clean_dir=str(clean), noise_dir=str(tiny_corpus / "noise"), train_items=2,
+                                     val_items=2, test_items=2, seconds=0.5, speech_quality_floor=floor)
+        data.setup()
+        return {split: {p.name for p in data.datasets[split].corpus.clean} for split in ("train", "val", "test")}
+
+    plain, screened = corpora(None), corpora({"dnsmos_bak": 3.0})
+    assert {"utt1.wav", "utt2.wav", "utt3.wav"} <= plain["train"]  # (the split of each name is a fixed hash)
+    assert screened["train"] == plain["train"] - {"utt1.wav", "utt3.wav"}  # BAK 1.5 and 2.9: below 3.0
+    assert "utt2.wav" in screened["train"]  # unscored (its row is malformed): kept
+    assert screened["val"] == plain["val"] and screened["test"] == plain["test"]
+    both = corpora({"dnsmos_bak": 2.5, "dnsmos_ovrl": 2.7})  # every floor must be reached: utt3's OVRL 2.6 is not
+    assert both["train"] == plain["train"] - {"utt1.wav", "utt3.wav"}
+
+    files = [clean / "utt0.wav", clean / "utt1.wav"]
+    with pytest.raises(ValueError, match="corpus_quality.py --all"):
+        screen(files, {}, {"dnsmos_bak": 3.0}, "x")
+    with pytest.raises(ValueError, match="quality floor keys"):
+        screen(files, scores, {"pesq": 3.0}, "x")
+    with pytest.raises(ValueError, match="leaves no speech"):
+        screen(files, scores, {"dnsmos_ovrl": 4.5}, "x")
