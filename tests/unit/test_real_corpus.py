@@ -208,3 +208,39 @@ def test_quality_floor_screens_training_speech_only(tiny_corpus, tmp_path, caplo
         screen(files, scores, {"pesq": 3.0}, "x")
     with pytest.raises(ValueError, match="leaves no speech"):
         screen(files, scores, {"dnsmos_ovrl": 4.5}, "x")
+
+
+def test_quality_pass_shards_resumes_and_skips_bad_files(tmp_path, monkeypatch, capsys):
+    """``corpus_quality.py --all``: two shards score every speech row exactly once, a rerun scores
+    nothing, an unreadable file is reported and skipped, and what it wrote is what the corpus reads."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import corpus_quality
+
+    from speechnorm.data.corpus import read_quality
+
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    rows = ["file,kind,speaker,language,package,version,licence,seconds,split"]
+    for i in range(5):
+        sf.write(folder / f"u{i}.flac", burst(0.5, 16000, 100.0 + 20 * i), 16000)
+        rows.append(f"u{i}.flac,speech,s{i % 2},xx,pkg{i % 2},1,GPL-2,0.5,train")
+    (folder / "bad.flac").write_bytes(b"not audio")
+    rows.append("bad.flac,speech,s0,xx,pkg0,1,GPL-2,0.5,train")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    # a stand-in for DNSMOS: a known function of the signal, so the written numbers can be checked
+    monkeypatch.setattr(corpus_quality, "dnsmos", lambda audio, rate: {k: float(audio.abs().max()) + j
+                                                                         for j, k in enumerate(corpus_quality.KEYS)})
+    assert corpus_quality.main(["--speech-dir", str(folder), "--all", "--shard", "0/2"]) == 0
+    assert corpus_quality.main(["--speech-dir", str(folder), "--all", "--shard", "1/2", "--packages", "pkg1"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "bad.flac" in out
+    scores = read_quality(folder)
+    assert sorted(Path(p).name for p in scores) == [f"u{i}.flac" for i in range(5)]
+    peak = float(np.abs(sf.read(folder / "u3.flac", dtype="float32")[0]).max())
+    assert scores[str((folder / "u3.flac").resolve())]["dnsmos_ovrl"] == pytest.approx(peak + 2, abs=1e-4)
+    corpus_quality.main(["--speech-dir", str(folder), "--all", "--shard", "0/1"])  # everything is scored already
+    assert "scored 0 utterances" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        corpus_quality.main(["--speech-dir", str(folder), "--all", "--shard", "2/2"])
