@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio as si_sdr
@@ -70,13 +72,38 @@ def tsos(estimate: Tensor, target: Tensor) -> float:
     return float((suppressed & active).sum() / active.sum())
 
 
+def _dnsmos_model():
+    """speechmos's DNSMOS module, its ONNX sessions made once with as many threads as torch uses.
+
+    speechmos makes them with onnxruntime's default, a thread per core, so a scoring job given one
+    thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``) still took every core from the
+    training beside it. Same models, same scores (tested); only the thread count differs."""
+    import onnxruntime as ort
+    from speechmos import dnsmos as model
+
+    threads = torch.get_num_threads()
+    current = getattr(model, "dnsmos", None)
+    if current is None or getattr(current, "speechnorm_threads", None) != threads:
+        folder = Path(model.__file__).parent / "dnsmos_models"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        sessions = model.DNSMOS.__new__(model.DNSMOS)  # speechmos's class, our sessions
+        sessions.primary_model_path = str(folder / "sig_bak_ovr.onnx")  # the path its run() compares
+        sessions.onnx_sess = ort.InferenceSession(sessions.primary_model_path, options,
+                                                  providers=["CPUExecutionProvider"])
+        sessions.p808_onnx_sess = ort.InferenceSession(str(folder / "model_v8.onnx"), options,
+                                                       providers=["CPUExecutionProvider"])
+        sessions.speechnorm_threads = threads
+        model.dnsmos = sessions
+    return model
+
+
 def dnsmos(audio: Tensor, sample_rate: int) -> dict[str, float]:
     """DNSMOS P.835 (SIG, BAK, OVRL) of one utterance, with the models shipped in ``speechmos``.
 
     DNSMOS takes samples in [-1, 1]; an estimate that peaks beyond (an untrained or briefly trained
     model's can) is scaled down to peak at 1 rather than refused."""
-    from speechmos import dnsmos as model
-
+    model = _dnsmos_model()
     samples = audio.detach().cpu().float().numpy()
     peak = float(abs(samples).max()) if samples.size else 0.0
     scores = model.run(samples / peak if peak > 1.0 else samples, sr=sample_rate)

@@ -172,3 +172,29 @@ def test_warm_start_copies_the_weights_and_refuses_another_model(tmp_path):
         assert torch.equal(value, wanted), name  # weights and normalizer statistics alike
     with pytest.raises(ValueError, match="init_from .* does not match"):
         EnhancementTask(model="tac_gru", size="small", model_config={"hidden": 16, "layers": 1}, init_from=str(source))
+
+
+def test_dnsmos_sessions_use_torch_threads_and_score_as_speechmos_does():
+    """``speechnorm.scoring.dnsmos`` makes speechmos's ONNX sessions with torch's thread count (not
+    a thread per core), and scores exactly what speechmos's own sessions score."""
+    import speechmos.dnsmos as speechmos_dnsmos
+
+    from speechnorm.scoring import dnsmos
+
+    t = torch.arange(40000) / 16000
+    voiced = 0.3 * torch.sin(2 * torch.pi * 180 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t))
+    noisy = voiced + 0.05 * torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ours = dnsmos(noisy, 16000)
+        assert speechmos_dnsmos.dnsmos.onnx_sess.get_session_options().intra_op_num_threads == 1
+        speechmos_dnsmos.dnsmos = None  # speechmos makes its own default sessions again
+        theirs = speechmos_dnsmos.run(noisy.numpy(), sr=16000)
+        assert speechmos_dnsmos.dnsmos.onnx_sess.get_session_options().intra_op_num_threads == 0  # its default
+        assert ours == pytest.approx({"dnsmos_sig": theirs["sig_mos"], "dnsmos_bak": theirs["bak_mos"],
+                                      "dnsmos_ovrl": theirs["ovrl_mos"]}, abs=1e-5)
+        assert dnsmos(noisy, 16000) == ours  # ours again (its sessions remade), the same
+        assert speechmos_dnsmos.dnsmos.onnx_sess.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(threads)
