@@ -198,3 +198,43 @@ def test_dnsmos_sessions_use_torch_threads_and_score_as_speechmos_does():
         assert speechmos_dnsmos.dnsmos.onnx_sess.get_session_options().intra_op_num_threads == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_last_checkpoint_follows_every_validation_not_only_improvements(tmp_path, tiny_corpus):
+    """The recipes' checkpointing: a monitored best checkpoint plus ``last.ckpt`` written at every
+    validation. Monitoring ``step`` with mode "min" makes only the first validation an improvement:
+    a monitored callback's own ``save_last`` then leaves last.ckpt at that first step (so a
+    stopped run would resume from there), while the recipes' second callback keeps it current."""
+    best = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(tmp_path / "ckpt"), "monitor": "step", "mode": "min", "save_top_k": 1,
+                          "filename": "best"}}
+    latest = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+              "init_args": {"dirpath": str(tmp_path / "ckpt"), "filename": "last", "save_top_k": 1,
+                            "enable_version_counter": False}}
+    steps = {"trainer.max_steps": 6, "trainer.val_check_interval": 2, "data.train_items": 12}
+    conf = recipe(tmp_path, tiny_corpus, **steps, **{"trainer.callbacks": [best, latest]})
+    done = train("--config", str(conf), "--test", "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = lambda name: torch.load(tmp_path / "ckpt" / name, weights_only=False)["global_step"]  # noqa: E731
+    assert saved("best.ckpt") == 2 and saved("last.ckpt") == 6
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # the failure it fixes: save_last on the monitored callback alone
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    best["init_args"].update(dirpath=str(alone / "ckpt"), save_last=True)
+    conf = recipe(alone, tiny_corpus, **steps, **{"trainer.callbacks": [best]})
+    assert train("--config", str(conf), "--test", "false").returncode == 0
+    assert torch.load(alone / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_recipes_write_last_at_every_validation():
+    """Every recipe that monitors a score also has the monitor-less callback that writes last.ckpt."""
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parents[2].glob("recipes/**/*.yaml")):
+        callbacks = (yaml.safe_load(path.read_text()).get("trainer") or {}).get("callbacks") or []
+        checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+        if any(c.get("monitor") for c in checkpoints):
+            assert any(not c.get("monitor") and c.get("filename") == "last" and c.get("enable_version_counter") is False
+                       for c in checkpoints), path
+            assert not any(c.get("monitor") and c.get("save_last") for c in checkpoints), path
