@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     enhance = commands.add_parser("enhance", help="enhance a multi-channel WAV/FLAC file (streamed; any rate, 1-16 mics)")
     enhance.add_argument("input", help="WAV/FLAC, channel 0 is the reference mic")
     enhance.add_argument("-o", "--output", required=True, help="the enhanced mono file (.wav or .flac), at the input's rate")
-    enhance.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2)")
+    enhance.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2; "
+                                                          "with --enroll, models/tac_gru_online_small_personalized)")
     enhance.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
     enhance.add_argument("--reference", default=None, help="a clean reference file: print SI-SDR, PESQ and STOI before and after")
@@ -216,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="espeak-ng sentences added as extra training voices (0: none)")
     data.set_defaults(run=_data)
     serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
-    serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2)")
+    serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2; "
+                                                          "with --enroll, models/tac_gru_online_small_personalized)")
     serve.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)

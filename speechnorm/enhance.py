@@ -24,6 +24,8 @@ from .stream import AtRate, StreamingEnhancer, load
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "tac_gru_online_small_v2"
+# what ``enhance --enroll`` uses when no model is named: the released personalized model
+DEFAULT_PERSONALIZED_MODEL = REPO / "models" / "tac_gru_online_small_personalized"
 BLOCK_SECONDS = 1.0
 
 
@@ -31,7 +33,11 @@ class EnhanceError(ValueError):
     """Input that cannot be enhanced, with the file named in the message."""
 
 
-def default_model() -> Path:
+def default_model(personalized: bool = False) -> Path:
+    """The model used when none is named: ``SPEECHNORM_MODEL`` or the default release; with an
+    enrollment, ``SPEECHNORM_PERSONALIZED_MODEL`` or the released personalized model."""
+    if personalized:
+        return Path(os.environ.get("SPEECHNORM_PERSONALIZED_MODEL", DEFAULT_PERSONALIZED_MODEL))
     return Path(os.environ.get("SPEECHNORM_MODEL", DEFAULT_MODEL))
 
 
@@ -92,7 +98,7 @@ def enhance_file(src: str | Path, dst: str | Path, model: str | Path | None = No
     src, dst = Path(src), Path(dst)
     if _format_for(dst) is None:
         raise EnhanceError(f"{dst}: unknown output format {dst.suffix!r}; use .wav or .flac")
-    loaded = load(model or default_model(), backend=backend)
+    loaded = load(model or default_model(personalized=enroll is not None), backend=backend)
     speaker = None if enroll is None else speaker_embedding(enroll)
     try:
         speaker = loaded.check_speaker(speaker)

@@ -11,7 +11,7 @@ import torch
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio as si_sdr
 
 from speechnorm.assets import ASSETS, EXAMPLE
-from speechnorm.enhance import enhance_file
+from speechnorm.enhance import DEFAULT_MODEL, DEFAULT_PERSONALIZED_MODEL, default_model, enhance_file
 
 
 def cli(*args):
@@ -80,9 +80,10 @@ def test_bad_input_gives_one_line_and_exit_2_and_leaves_no_file(tmp_path):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("resemblyzer") is None,
                     reason="the speaker encoder's weights are not installed (make venv installs them)")
-def test_enroll_drives_a_personalized_model(tmp_path):
+def test_enroll_drives_a_personalized_model(tmp_path, monkeypatch):
     """--enroll takes enrollment audio or its .npy; the output is the model's for that embedding;
-    a personalized model without one, or a plain model with one, is a one-line error."""
+    with no model named it is the personalized default's; a personalized model without an
+    enrollment, or a plain model with one, is a one-line error."""
     from conftest import save_checkpoint
 
     from speechnorm.models.checkpoint import load_model
@@ -112,8 +113,13 @@ def test_enroll_drives_a_personalized_model(tmp_path):
 
     missing = cli(tmp_path / "in.wav", "-o", tmp_path / "c.wav", "--model", checkpoint)
     assert missing.returncode != 0 and "is personalized" in missing.stderr and "--enroll" in missing.stderr
-    plain = cli(tmp_path / "in.wav", "-o", tmp_path / "d.wav", "--enroll", tmp_path / "me.npy")
+    plain = cli(tmp_path / "in.wav", "-o", tmp_path / "d.wav", "--model", DEFAULT_MODEL, "--enroll", tmp_path / "me.npy")
     assert plain.returncode != 0 and "not personalized" in plain.stderr
+    assert default_model(personalized=True) == DEFAULT_PERSONALIZED_MODEL  # with --enroll and no --model
+    monkeypatch.setenv("SPEECHNORM_PERSONALIZED_MODEL", str(checkpoint))
+    unnamed = enhance_file(tmp_path / "in.wav", tmp_path / "f.wav", enroll=tmp_path / "me.npy")
+    assert unnamed["model"] == str(checkpoint) and unnamed["personalized"]
+    np.testing.assert_array_equal(sf.read(tmp_path / "f.wav")[0], sf.read(tmp_path / "a.wav")[0])
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(48000, np.float32), 16000)
     refused = cli(tmp_path / "in.wav", "-o", tmp_path / "e.wav", "--model", checkpoint, "--enroll", silent)
