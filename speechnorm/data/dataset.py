@@ -15,6 +15,7 @@ ratio, on top of the noise. The plan then also holds ``interferers`` and ``sir_d
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import tempfile
@@ -53,11 +54,16 @@ class Personalization:
     interferers: the range of competing talkers per item (drawn uniformly, inclusive).
     sir_db: each talker's level below the reverberant target at mic 0, dB (negative: louder).
     embeddings_dir: where utterance embeddings are cached (None: memory only).
+    not_targets: speaker labels (shell patterns) that name a group of several voices, such as
+        fillets' side characters or the bundled two-person conversation. Their utterances stay
+        as competing talkers and babble, but never as a target: "another utterance of the same
+        speaker" could be another voice, an enrollment that does not match its target.
     """
 
     interferers: tuple[int, int] = (0, 2)
     sir_db: tuple[float, float] = (-5.0, 10.0)
     embeddings_dir: str | None = None
+    not_targets: tuple[str, ...] = ("*:side_characters", "assets:conversation")
 
     def __post_init__(self):
         low, high = self.interferers
@@ -91,6 +97,9 @@ class SimulatedMixtures(Dataset):
         recipe = repr((self.spec, measured_fraction, corpus.clean, corpus.noise, corpus.rooms, mic_block))
         if personalize is not None:  # (left out otherwise: the items of plain recipes keep their cache)
             recipe += repr((personalize.interferers, personalize.sir_db))
+            excluded = sorted({who for who in map(corpus.speaker, corpus.clean) if self._not_target(who)})
+            if excluded:  # (only where a target could have been one: other splits keep their cache)
+                recipe += repr(("not targets", excluded))
         digest = hashlib.sha1(recipe.encode()).hexdigest()[:10]
         self.cache = Path(cache_dir) / f"{split}-seed{seed}-n{self.samples}-{digest}" if cache_dir else None
 
@@ -129,18 +138,24 @@ class SimulatedMixtures(Dataset):
         raise ValueError(f"split {self.split!r} has no speaker but {speaker!r} to be a competing talker, and no other "
                          "corpus to borrow talkers from")
 
+    def _not_target(self, speaker: str) -> bool:
+        return any(fnmatch.fnmatchcase(speaker, pattern) for pattern in self.personalize.not_targets)
+
     def _enrolled_target(self, rng: np.random.Generator) -> tuple[Tensor, Path, np.ndarray]:
         """A target utterance whose speaker has another utterance that enrolls, and that one's
-        embedding."""
+        embedding; never a speaker of ``Personalization.not_targets``."""
         for _ in range(50):
             clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
+            if self._not_target(self.corpus.speaker(path)):
+                continue
             others = [p for p in self.corpus.voice_files(self.corpus.speaker(path)) if p != path]
             for pick in rng.permutation(len(others))[:8]:
                 embedding = self.embeddings.get(others[pick])
                 if embedding is not None:
                     return clean, path, embedding
         raise ValueError(f"personalized items of split {self.split!r} need speakers with two or more utterances of "
-                         "2 s of speech or more; this corpus has too few (check its speaker labels)")
+                         "2 s of speech or more, not excluded as targets; this corpus has too few (check its speaker labels "
+                         f"and not_targets {list(self.personalize.not_targets)})")
 
     def _noises(self, rng: np.random.Generator, plan: dict, speaker: str) -> list[Tensor]:
         kind = plan["noise"]

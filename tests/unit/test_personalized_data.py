@@ -145,6 +145,25 @@ def test_evaluate_scores_a_personalized_model_with_each_items_embedding(voices, 
         evaluate(checkpoint, split="test", out=tmp_path / "eval2", items=1, pictures=0, dnsmos=False)
 
 
+def test_voice_groups_are_talkers_but_never_targets(voices, tmp_path):
+    """A speaker label of ``not_targets`` (a group of several voices) never gives the target, whose
+    enrollment would then not be its voice; its utterances still compete. The item cache changes
+    only where such a speaker is in the corpus."""
+    emb = str(tmp_path / "emb")
+    data = dataset(voices, Personalization(embeddings_dir=emb, not_targets=("spkB",)))
+    assert {data.corpus.speaker(p) for p in data.corpus.clean} == {"spkA", "spkB"}
+    for seed in range(10):
+        _, path, _ = data._enrolled_target(np.random.default_rng(seed))
+        assert data.corpus.speaker(path) == "spkA"
+    files, corpus = data._talkers("spkA")
+    assert {corpus.speaker(p) for p in files} == {"spkB"}
+    default = dataset(voices, Personalization(embeddings_dir=emb), tmp=tmp_path / "items").cache
+    assert dataset(voices, Personalization(embeddings_dir=emb, not_targets=("spk?",)), tmp=tmp_path / "items").cache != default
+    assert dataset(voices, Personalization(embeddings_dir=emb, not_targets=("nobody*",)), tmp=tmp_path / "items").cache == default
+    with pytest.raises(ValueError, match="not_targets"):
+        dataset(voices, Personalization(embeddings_dir=emb, not_targets=("spk*",)))._enrolled_target(np.random.default_rng(0))
+
+
 def test_talkers_are_never_the_targets_voice(voices, tmp_path):
     clean = tmp_path / "one_voice"
     clean.mkdir()
