@@ -9,14 +9,14 @@ per split and source package, on a seeded sample of each.
 
 ``--all`` scores every speech utterance and writes ``SPEECH_DIR/quality-<shard>.csv`` (file,
 dnsmos_sig, dnsmos_bak, dnsmos_ovrl), a row as each is scored; a rerun skips what any of those
-files holds, so a stopped pass resumes. The data recipes' ``min_dnsmos_ovrl`` then drops the
-utterances below a floor (``speechnorm.data.corpus.read_quality``), as the DNS Challenge
-screened its clean speech with DNSMOS. ``--packages`` scores those sources first.
+files holds, so a stopped pass resumes. The data recipes' ``speech_quality_floor`` (e.g.
+``{dnsmos_bak: 3.0}``) then leaves the training utterances below it out
+(``speechnorm.data.corpus.screen``), as the DNS Challenge screened its clean speech with DNSMOS. ``--packages`` scores those sources first.
 
 A model trained to reproduce its targets can sound no cleaner than they do, and an evaluation
 clip's target bounds the DNSMOS any system can reach on it (``evaluate_real.py --target-row``
 scores the targets themselves, room included). Scoring goes through ``speechnorm.scoring.dnsmos``,
-the function every evaluation here uses. Runs on the CPU at about 2 s per utterance.
+the function every evaluation here uses. About one utterance per second per core on this CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ from speechnorm.data.corpus import QUALITY_KEYS, read_quality
 from speechnorm.scoring import dnsmos
 
 KEYS = QUALITY_KEYS
+
+
+def score_file(path: Path) -> dict[str, float] | None:
+    """DNSMOS of one utterance (channel 0); None, reported with its path, when it cannot be read."""
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        return dnsmos(torch.from_numpy(audio[:, 0]), rate)
+    except (OSError, RuntimeError, ValueError) as error:  # a file the corpus build let through but cannot be read
+        print(f"skipped {path}: {error}", flush=True)
+        return None
 
 
 def score_all(folder: Path, shard: tuple[int, int], first: list[str]) -> int:
@@ -56,11 +66,8 @@ def score_all(folder: Path, shard: tuple[int, int], first: list[str]) -> int:
             path = folder / row["file"]
             if path.resolve() in done:
                 continue
-            try:
-                audio, rate = sf.read(path, dtype="float32", always_2d=True)
-                values = dnsmos(torch.from_numpy(audio[:, 0]), rate)
-            except (OSError, RuntimeError, ValueError) as error:
-                print(f"skipped {path}: {error}", flush=True)
+            values = score_file(path)
+            if values is None:
                 continue
             writer.writerow((row["file"], *(f"{values[k]:.4f}" for k in KEYS)))
             handle.flush()
@@ -109,15 +116,7 @@ def main(argv=None) -> int:
              f"(seed {args.seed}): mean ± std.", "",
              "| split | source | utterances | scored | SIG | BAK | OVRL |", "|---|---|---:|---:|---:|---:|---:|"]
     for (split, package), (total, rows) in sample_rows(manifest, args.per_source, args.seed).items():
-        scores = []
-        for row in rows:
-            path = folder / row["file"]
-            try:
-                audio, rate = sf.read(path, dtype="float32", always_2d=True)
-            except (OSError, RuntimeError) as error:  # a file the corpus build let through but cannot be read
-                print(f"skipped {path}: {error}")
-                continue
-            scores.append(dnsmos(torch.from_numpy(audio[:, 0]), rate))
+        scores = [s for s in (score_file(folder / row["file"]) for row in rows) if s is not None]
         if not scores:
             continue
         cells = [f"{np.mean([s[k] for s in scores]):.2f} ± {np.std([s[k] for s in scores]):.2f}" for k in KEYS]

@@ -217,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="espeak-ng sentences added as extra training voices (0: none)")
     data.set_defaults(run=_data)
     serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
-    serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2; "
-                                                          "with --enroll, models/tac_gru_online_small_personalized)")
+    serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2)")
     serve.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
