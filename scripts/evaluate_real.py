@@ -21,7 +21,8 @@ an exported .onnx or a checkpoint). Metrics: SI-SDR, PESQ-wb, STOI, DNSMOS (one 
 Personalized evaluation: ``--config recipes/personalized/conf.yaml --name personalized_eval``. The
 clips then add 0-2 competing talkers and carry the target's enrollment embedding, which
 personalized models get (plain models and peers run as always); the report adds TSOS and the
-conditions by number of competing talkers. ``--wrong-enrollment`` adds each personalized model
+conditions by number of competing talkers; ``--talkers 1 --sir-db 0`` gives every clip exactly one
+competing talker at 0 dB (``--talkers 0``: noise only). ``--wrong-enrollment`` adds each personalized model
 enrolled with another speaker (the split's least similar embedding): a model that follows its
 enrollment loses the target there. ``--target-row`` scores the target itself beside the systems:
 its DNSMOS is what a perfect system would get on these clips.
@@ -80,9 +81,23 @@ class Gtcrn:
         return out[self.HOP : self.HOP + n]  # frame t covers [256 t - 256, 256 t + 256): undo the history offset
 
 
-def clips(config: str, items: int | None, splits: list[str]):
-    """(split, index, plan, noisy (M, N), clean (N,), speaker (D,) or None) of the recipe's test splits."""
+def clips(config: str, items: int | None, splits: list[str], talkers: int | None = None, sir_db: float | None = None):
+    """(split, index, plan, noisy (M, N), clean (N,), speaker (D,) or None) of the recipe's test splits.
+    ``talkers``, ``sir_db``: a personalized recipe's clips with exactly that many competing talkers,
+    at exactly that SIR. Each clip keeps its conditions (noise kind, SNR, T60, mic count), target
+    utterance, enrollment and noise; its room and array are drawn after the talkers, so they differ
+    where the number of talkers does."""
     data_args = yaml.safe_load(Path(config).read_text())["data"]
+    if talkers is not None or sir_db is not None:
+        if not data_args.get("personalize"):
+            raise ValueError(f"--talkers and --sir-db set competing talkers; {config} is not a personalized recipe "
+                             "(its data has no `personalize`)")
+        personalize = dict(data_args["personalize"])
+        if talkers is not None:
+            personalize["interferers"] = [talkers, talkers]
+        if sir_db is not None:
+            personalize["sir_db"] = [sir_db, sir_db]
+        data_args = {**data_args, "personalize": personalize}
     data = EnhancementDataModule(**data_args)
     data.setup()
     for split in splits:
@@ -102,7 +117,8 @@ def least_similar(embedding: np.ndarray, candidates: list[np.ndarray]) -> np.nda
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="recipes/real_rooms/conf.yaml")
-    parser.add_argument("--model", action="append", default=[], help="a model folder, .onnx or .ckpt (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="a model folder, .onnx or .ckpt (repeatable); with two or more, the report adds each one's "
+                             "SI-SDR difference to the last, paired per clip")
     parser.add_argument("--items", type=int, default=None, help="clips per split (default: all)")
     parser.add_argument("--splits", nargs="+", default=["test_unseen"], choices=["test", "test_unseen"])
     parser.add_argument("--out", default="results")
@@ -114,6 +130,10 @@ def main(argv=None) -> int:
     parser.add_argument("--wrong-enrollment", action="store_true",
                         help="personalized: also run each personalized --model enrolled with another speaker "
                              "(the clip of the split whose embedding is least similar): does it follow the enrollment?")
+    parser.add_argument("--talkers", type=int, default=None, choices=range(5), metavar="N",
+                        help="personalized: every clip has exactly N competing talkers (default: the recipe's 0-2)")
+    parser.add_argument("--sir-db", type=float, default=None,
+                        help="personalized: every competing talker at this SIR, dB (default: the recipe's range)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     # every system takes (noisy, speaker): only a personalized model uses the speaker
@@ -127,15 +147,19 @@ def main(argv=None) -> int:
         systems.update({name: (lambda peer: lambda x, speaker: peer(x))(peer) for name, peer in peers.items()})
     if args.target_row:
         systems[TARGET] = None  # scored on the target itself, below
-    wrong = set()
+    wrong, models = set(), []
     for path in args.model:
         name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.parent.name}/{Path(path).stem}"
         runner = Runner(path)
         systems[name] = ours(runner)
+        models.append(name)
         if args.wrong_enrollment and runner.personalized:
             systems[f"{name} (wrong enrollment)"] = systems[name]
             wrong.add(f"{name} (wrong enrollment)")
-    every = list(clips(args.config, args.items, args.splits))
+    try:
+        every = list(clips(args.config, args.items, args.splits, args.talkers, args.sir_db))
+    except ValueError as err:
+        parser.error(str(err))
     if wrong and every[0][-1] is None:
         parser.error("--wrong-enrollment needs a personalized --config (its clips carry enrollments)")
     rows, personal = [], False
@@ -156,7 +180,8 @@ def main(argv=None) -> int:
               + "  ".join(f"{n} {row[f'{n}/si_sdr']:.1f}" for n in systems), flush=True)
     names = list(systems)
     metrics = (*METRICS, "tsos") if personal else METRICS
-    result = {"config": args.config, "clips": len(rows), "systems": names, "metrics": list(metrics),
+    result = {"config": args.config, "clips": len(rows), "talkers": args.talkers, "sir_db": args.sir_db,
+              "models": models, "systems": names, "metrics": list(metrics),
               "mean": {split: {n: {m: mean([r[f"{n}/{m}"] for r in rows if r["split"] == split]) for m in (*metrics, "rtf")}
                                for n in names} for split in dict.fromkeys(r["split"] for r in rows)},
               "per_condition": per_condition(rows, names, metrics=metrics), "per_item": rows}
@@ -176,7 +201,10 @@ def markdown(result: dict) -> str:
     lines = [f"{result['clips']} clips of `{result['config']}` ({splits}), every system on the same clips, "
              "scored by one function (`speechnorm.task`)."
              + (f" `{TARGET}` is the target scored against itself: only its DNSMOS says something (the most any "
-                "system can get on these clips)." if TARGET in names else ""), ""]
+                "system can get on these clips)." if TARGET in names else "")
+             + (f" Every clip has exactly {result['talkers']} competing talker(s)" if result.get("talkers") is not None else "")
+             + (f" at {result['sir_db']:g} dB SIR" if result.get("sir_db") is not None else "")
+             + ("." if result.get("talkers") is not None or result.get("sir_db") is not None else ""), ""]
     for split, systems in result["mean"].items():
         count = sum(1 for r in result["per_item"] if r["split"] == split)
         lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(metrics) + " | RTF |",
@@ -190,6 +218,23 @@ def markdown(result: dict) -> str:
         lines += [f"| {row['grouping']} | {row['condition']} | {row['clips']} | "
                   + " | ".join(f"{row[f'{n}/{metric}']:.2f}" for n in names) + " |"
                   for row in result["per_condition"] if row["grouping"] != "noise x T60 x mics"]
+        lines.append("")
+    models = result.get("models", [])
+    if len(models) >= 2:  # paired per clip against the last --model: the spread of the difference itself
+        reference, groupings = models[-1], [("all", lambda r: True)]
+        if "talkers" in result["per_item"][0]:
+            groupings += [(f"talkers {k}", (lambda k: lambda r: r["talkers"] == k)(k))
+                          for k in sorted({r["talkers"] for r in result["per_item"]})]
+        lines += [f"### SI-SDR difference to {reference}, paired per clip (mean ± standard error)", "",
+                  "| clips | n | " + " | ".join(models[:-1]) + " |", "|---|---:|" + "---:|" * (len(models) - 1)]
+        for label, keep in groupings:
+            members = [r for r in result["per_item"] if keep(r)]
+            cells = []
+            for name in models[:-1]:
+                diff = np.array([r[f"{name}/si_sdr"] - r[f"{reference}/si_sdr"] for r in members])
+                error = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+                cells.append(f"{diff.mean():+.2f} ± {error:.2f}")
+            lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

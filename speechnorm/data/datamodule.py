@@ -61,7 +61,7 @@ class EnhancementDataModule(L.LightningDataModule):
             self.personalization = None if personalize is None else Personalization(
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in personalize.items()})
         except TypeError as err:
-            raise ValueError(f"personalize: {err} (keys: interferers, sir_db, embeddings_dir)") from None
+            raise ValueError(f"personalize: {err} (keys: interferers, sir_db, embeddings_dir, not_targets, voice_speeds)") from None
         self.datasets: dict[str, SimulatedMixtures] = {}
         self._resume_batches = 0
 

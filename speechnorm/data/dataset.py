@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .corpus import Corpus
 from .enrollment import EmbeddingCache
+from .resample import resample
 from .rooms import MixSpec, mix, sample_array, sample_mics, simulate
 
 SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "test_unseen": 4}
@@ -58,12 +59,19 @@ class Personalization:
         fillets' side characters or the bundled two-person conversation. Their utterances stay
         as competing talkers and babble, but never as a target: "another utterance of the same
         speaker" could be another voice, an enrollment that does not match its target.
+    voice_speeds: (low, high) speed factors that make more voices of the training speakers
+        (pseudo-speakers). A training item's target *and its enrollment* are resampled by one
+        factor drawn from this range (speed perturbation moves pitch and formants together: a
+        factor of 0.85 or 1.15 moves the encoder's embedding about halfway to another speaker's),
+        and each competing talker by a factor of its own. Only the ``train`` split: validation
+        and test clips stay the same clips. None: every voice as recorded.
     """
 
     interferers: tuple[int, int] = (0, 2)
     sir_db: tuple[float, float] = (-5.0, 10.0)
     embeddings_dir: str | None = None
     not_targets: tuple[str, ...] = ("*:side_characters", "assets:conversation")
+    voice_speeds: tuple[float, float] | None = None
 
     def __post_init__(self):
         low, high = self.interferers
@@ -71,6 +79,9 @@ class Personalization:
             raise ValueError(f"interferers must be a range within [0, 4], got {self.interferers}")
         if not self.sir_db[0] <= self.sir_db[1]:
             raise ValueError(f"sir_db must be (low, high), got {self.sir_db}")
+        if self.voice_speeds is not None and not (len(self.voice_speeds) == 2
+                                                  and 0.5 <= self.voice_speeds[0] <= self.voice_speeds[1] <= 2.0):
+            raise ValueError(f"voice_speeds must be (low, high) speed factors within [0.5, 2.0], got {self.voice_speeds}")
 
 
 class SimulatedMixtures(Dataset):
@@ -88,6 +99,8 @@ class SimulatedMixtures(Dataset):
         # validation voice) borrows them from ``talker_corpus`` (the datamodule gives train's)
         self.talker_corpus = talker_corpus
         self.embeddings = EmbeddingCache(personalize.embeddings_dir) if personalize else None
+        # pseudo-speakers (``Personalization.voice_speeds``) on the training split only
+        self._speeds = personalize.voice_speeds if personalize is not None and split == "train" else None
         self.samples = int(seconds * corpus.sample_rate) // hop * hop
         self.unseen = split == "test_unseen"
         # Measured rooms keep their real arrays, so they stay out of the held-out-geometry split.
@@ -100,6 +113,8 @@ class SimulatedMixtures(Dataset):
             excluded = sorted({who for who in map(corpus.speaker, corpus.clean) if self._not_target(who)})
             if excluded:  # (only where a target could have been one: other splits keep their cache)
                 recipe += repr(("not targets", excluded))
+            if self._speeds is not None:
+                recipe += repr(("voice speeds", self._speeds))
         digest = hashlib.sha1(recipe.encode()).hexdigest()[:10]
         self.cache = Path(cache_dir) / f"{split}-seed{seed}-n{self.samples}-{digest}" if cache_dir else None
 
@@ -141,18 +156,29 @@ class SimulatedMixtures(Dataset):
     def _not_target(self, speaker: str) -> bool:
         return any(fnmatch.fnmatchcase(speaker, pattern) for pattern in self.personalize.not_targets)
 
-    def _enrolled_target(self, rng: np.random.Generator) -> tuple[Tensor, Path, np.ndarray]:
+    def _speed(self, rng: np.random.Generator | None) -> float:
+        """A voice's speed factor: 1 without ``voice_speeds`` (and then ``rng`` is not drawn from)."""
+        return 1.0 if self._speeds is None or rng is None else float(rng.uniform(*self._speeds))
+
+    def _voiced(self, audio: Tensor, speed: float) -> Tensor:
+        """``audio`` played ``speed`` times as fast: pitch and formants scale with it."""
+        if speed == 1.0:
+            return audio
+        rate = self.corpus.sample_rate
+        return torch.from_numpy(resample(audio[None].numpy(), round(rate * speed), rate)[0])
+
+    def _enrolled_target(self, rng: np.random.Generator, speed: float = 1.0) -> tuple[Tensor, Path, np.ndarray]:
         """A target utterance whose speaker has another utterance that enrolls, and that one's
-        embedding; never a speaker of ``Personalization.not_targets``."""
+        embedding (both at ``speed``); never a speaker of ``Personalization.not_targets``."""
         for _ in range(50):
             clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
             if self._not_target(self.corpus.speaker(path)):
                 continue
             others = [p for p in self.corpus.voice_files(self.corpus.speaker(path)) if p != path]
             for pick in rng.permutation(len(others))[:8]:
-                embedding = self.embeddings.get(others[pick])
+                embedding = self.embeddings.get(others[pick], speed=speed)
                 if embedding is not None:
-                    return clean, path, embedding
+                    return self._voiced(clean, speed), path, embedding
         raise ValueError(f"personalized items of split {self.split!r} need speakers with two or more utterances of "
                          "2 s of speech or more, not excluded as targets; this corpus has too few (check its speaker labels "
                          f"and not_targets {list(self.personalize.not_targets)})")
@@ -174,19 +200,23 @@ class SimulatedMixtures(Dataset):
             return tuple(torch.load(cached))
         plan = self.plan(index)
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
+        voices_rng = None
         if self.personalize is None:
             clean, path = self.corpus.load("clean", int(rng.integers(1 << 30)), with_path=True)
             embedding = None
         else:
-            clean, path, embedding = self._enrolled_target(rng)
+            # the voices' speed factors have their own stream: without voice_speeds nothing changes
+            voices_rng = None if self._speeds is None else np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 4])
+            clean, path, embedding = self._enrolled_target(rng, self._speed(voices_rng))
         speaker = self.corpus.speaker(path)
         speech = fit_length(clean, self.samples, rng, tile=False)
         noises = self._noises(rng, plan, speaker)
         talkers = []
         if plan.get("interferers", 0):
             voices, corpus = self._talkers(speaker)
-            talkers = [fit_length(corpus.load("clean", int(rng.integers(1 << 30)), files=voices), self.samples, rng,
-                                  tile=True) for _ in range(plan["interferers"])]
+            talkers = [fit_length(self._voiced(corpus.load("clean", int(rng.integers(1 << 30)), files=voices),
+                                              self._speed(voices_rng)), self.samples, rng, tile=True)
+                       for _ in range(plan["interferers"])]
         sir = {"interferers": talkers, "sir_db": plan.get("sir_db")}
         mics = plan["mics"]
         rooms = [folder for folder, channels in self.corpus.rooms if channels >= mics]

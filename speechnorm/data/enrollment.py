@@ -20,32 +20,41 @@ UNUSABLE = np.zeros(0, np.float32)  # stored for a file that cannot enroll
 
 
 class EmbeddingCache:
-    """``cache.get(path)`` -> (256,) unit embedding, or None when the file cannot enroll."""
+    """``cache.get(path)`` -> (256,) unit embedding, or None when the file cannot enroll.
+    ``get(path, speed=f)``: the embedding of the file played ``f`` times as fast (a pseudo-speaker,
+    ``dataset.Personalization.voice_speeds``), cached under its own key."""
 
     def __init__(self, folder: str | Path | None = None):
         self.folder = Path(folder) if folder else None
         self._memory: dict[str, np.ndarray] = {}
 
-    def _key(self, path: Path) -> str:
+    def _key(self, path: Path, speed: float = 1.0) -> str:
         stat = path.stat()
-        return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}" + ("" if speed == 1.0 else f"|speed {speed!r}")
+        return hashlib.sha1(text.encode()).hexdigest()[:20]
 
-    def get(self, path: str | Path) -> np.ndarray | None:
+    def get(self, path: str | Path, speed: float = 1.0) -> np.ndarray | None:
         path = Path(path)
-        key = self._key(path)
+        key = self._key(path, speed)
         if key not in self._memory:
-            self._memory[key] = self._load_or_compute(path, key)
+            self._memory[key] = self._load_or_compute(path, key, speed)
         value = self._memory[key]
         return None if value.size == 0 else value
 
-    def _load_or_compute(self, path: Path, key: str) -> np.ndarray:
+    def _load_or_compute(self, path: Path, key: str, speed: float = 1.0) -> np.ndarray:
         stored = self.folder / f"{key}.npy" if self.folder else None
         if stored is not None and stored.exists():
             return np.load(stored)
-        from ..speaker import EnrollmentError, embed_file
+        from ..speaker import EnrollmentError, embed, embed_file
+        from .audio_io import read_audio
+        from .resample import resample
 
         try:
-            value = embed_file(path)[0]
+            if speed == 1.0:
+                value = embed_file(path)[0]
+            else:  # played faster or slower: read at 16 kHz, then resampled as by the dataset
+                audio = read_audio(path, 16_000, check_clipping=False)[0].numpy()
+                value = embed(resample(audio, round(16_000 * speed), 16_000), 16_000)[0]
         except EnrollmentError as err:
             log.info("%s cannot enroll its speaker: %s", path, err)
             value = UNUSABLE

@@ -232,3 +232,114 @@ def test_least_similar_picks_the_other_voice():
     candidates = [np.array([5.0, 0.1, 0.0]), np.array([0.0, 0.2, 0.0]), np.array([0.7, 0.7, 0.0]), me]
     assert evaluate_real.least_similar(me, candidates) is candidates[1]
     assert evaluate_real.least_similar(candidates[1], candidates) is candidates[3]  # cosine 0, not c0's 0.02
+
+
+def _tone_corpus(root: Path, hz: float) -> Path:
+    """Two 'speakers' of pure tones (two utterances each) and faint noise."""
+    (root / "clean").mkdir(parents=True)
+    (root / "noise").mkdir()
+    t = np.arange(3 * 16000) / 16000
+    for name in ("toneA__1", "toneA__2", "toneB__1", "toneB__2"):
+        sf.write(root / "clean" / f"{name}.wav", (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 16000)
+    sf.write(root / "noise" / "n.wav", (1e-4 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    return root
+
+
+def test_voice_speeds_play_the_target_faster_on_train_only(tmp_path):
+    """A pseudo-speaker at speed f: a tone of 500 Hz in the corpus is a tone of 500 f Hz in the
+    training target (closed form), while validation and test items, their plans and a run without
+    voice_speeds are the same as before; the item cache tells them apart."""
+    root = _tone_corpus(tmp_path / "tones", 500.0)
+
+    class NoEncoder(EmbeddingCache):  # the tone cannot enroll; the encoder is tested below
+        def get(self, path, speed=1.0):
+            self.speeds = getattr(self, "speeds", []) + [speed]
+            return np.full(256, speed, np.float32)
+
+    def make(split, personalize, cache=None):
+        corpus = Corpus(root / "clean", root / "noise", split)
+        data = SimulatedMixtures(corpus, split, 2, seconds=1.0, seed=3, mic_block=1, personalize=personalize,
+                                 spec=MixSpec(noise_kinds=(("noise", 1.0),), snr_db=(60.0, 60.0)), cache_dir=cache)
+        data.embeddings = NoEncoder()
+        return data
+
+    sped = make("train", Personalization(interferers=(0, 0), voice_speeds=(1.2, 1.2)))
+    clean, _, embedding = sped._enrolled_target(np.random.default_rng(0), sped._speed(np.random.default_rng(1)))
+    spectrum = np.abs(np.fft.rfft(clean.numpy() * np.hanning(clean.numel())))
+    assert np.fft.rfftfreq(clean.numel(), 1 / 16000)[spectrum.argmax()] == pytest.approx(600.0, abs=2.0)
+    assert clean.numel() == pytest.approx(3 * 16000 / 1.2, abs=2) and embedding[0] == pytest.approx(1.2)
+    drawn = make("train", Personalization(voice_speeds=(0.85, 1.15)))
+    assert all(0.85 <= drawn._speed(np.random.default_rng(s)) <= 1.15 for s in range(20))
+    for split in ("val", "test"):
+        plain, varied = make(split, Personalization()), make(split, Personalization(voice_speeds=(1.2, 1.2)))
+        assert varied.plan(1) == plain.plan(1)
+        for a, b in zip(plain[1], varied[1]):
+            assert torch.equal(a, b)
+        assert varied.embeddings.speeds == [1.0]
+    plain, varied = make("train", Personalization(), tmp_path / "c"), make("train", Personalization(voice_speeds=(0.9, 1.1)), tmp_path / "c")
+    assert varied.plan(0) == plain.plan(0) and varied.cache != plain.cache
+    assert make("val", Personalization(voice_speeds=(0.9, 1.1)), tmp_path / "c").cache == make("val", Personalization(), tmp_path / "c").cache
+    for bad in ((1.1, 0.9), (0.2, 1.0), (1.0,)):
+        with pytest.raises(ValueError, match="voice_speeds"):
+            Personalization(voice_speeds=bad)
+
+
+@needs_encoder
+def test_a_pseudo_speakers_embedding_is_its_faster_recording(voices, tmp_path):
+    """``EmbeddingCache.get(path, speed=f)`` is the embedding of the same samples declared at
+    16000 f Hz (read and resampled by another path), kept apart from the embedding at speed 1."""
+    path = voices / "clean" / "spkB__2.wav"
+    wav, rate = sf.read(path, dtype="float32")
+    faster = tmp_path / "faster.wav"
+    sf.write(faster, wav, round(rate * 1.15))
+    cache = EmbeddingCache(tmp_path / "emb")
+    sped, plain = cache.get(path, speed=1.15), cache.get(path)
+    assert np.allclose(sped, speaker.embed_file(faster)[0], atol=1e-4)
+    assert speaker.similarity(sped, plain) < 0.99
+    assert np.allclose(EmbeddingCache(tmp_path / "emb").get(path, speed=1.15), sped)  # from disk
+    assert len(list((tmp_path / "emb").glob("*.npy"))) == 2
+
+
+@needs_encoder
+def test_the_comparison_script_sets_the_talkers_and_their_sir(voices, tmp_path):
+    """``evaluate_real --talkers 1 --sir-db 0``: every clip has one competing talker at 0 dB, and
+    keeps its conditions, target utterance and enrollment; a plain recipe refuses the options."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import evaluate_real
+
+    data = {"clean_dir": str(voices / "clean"), "noise_dir": str(voices / "noise"), "train_items": 2, "val_items": 2,
+            "test_items": 3, "seconds": 1.0, "batch_size": 1, "seed": 4,
+            "personalize": {"interferers": [0, 2], "sir_db": [-5.0, 10.0], "embeddings_dir": str(tmp_path / "emb")}}
+    config = tmp_path / "conf.yaml"
+    config.write_text(yaml.safe_dump({"data": data}))
+    default = list(evaluate_real.clips(str(config), None, ["test"]))
+    fixed = list(evaluate_real.clips(str(config), None, ["test"], talkers=1, sir_db=0.0))
+    assert [c[2]["interferers"] for c in fixed] == [1, 1, 1] and {c[2]["sir_db"] for c in fixed} == {0.0}
+    for (_, _, plan, _, _, embedding), (_, _, plan2, _, _, embedding2) in zip(default, fixed):
+        assert {k: v for k, v in plan.items() if k not in ("interferers", "sir_db")} == \
+               {k: v for k, v in plan2.items() if k not in ("interferers", "sir_db")}
+        assert np.array_equal(embedding, embedding2)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"data": {k: v for k, v in data.items() if k != "personalize"}}))
+    with pytest.raises(ValueError, match="not a personalized recipe"):
+        list(evaluate_real.clips(str(plain), None, ["test"], talkers=1))
+
+
+def test_the_comparison_report_pairs_each_model_with_the_last():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import evaluate_real
+
+    a, b = [1.0, 2.0, 6.0], [0.0, 0.0, 3.0]  # differences 1, 2, 3: mean 2, standard error 1/sqrt(3)
+    rows = [{"split": "test", "talkers": k, "a/si_sdr": x, "b/si_sdr": y} for k, x, y in zip((1, 1, 2), a, b)]
+    result = {"config": "c.yaml", "clips": 3, "systems": ["a", "b"], "models": ["a", "b"], "metrics": ["si_sdr"],
+              "talkers": None, "sir_db": None, "per_item": rows, "per_condition": [],
+              "mean": {"test": {n: {"si_sdr": 0.0, "rtf": 0.0} for n in ("a", "b")}}}
+    text = evaluate_real.markdown(result)
+    assert "| all | 3 | +2.00 ± 0.58 |" in text and "| talkers 1 | 2 | +1.50 ± 0.50 |" in text
+    assert "| talkers 2 | 1 | +3.00 ± nan |" in text
