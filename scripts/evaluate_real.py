@@ -81,6 +81,10 @@ class Gtcrn:
         return out[self.HOP : self.HOP + n]  # frame t covers [256 t - 256, 256 t + 256): undo the history offset
 
 
+class NotPersonalized(ValueError):
+    """--talkers or --sir-db on a recipe whose clips have no competing talkers."""
+
+
 def clips(config: str, items: int | None, splits: list[str], talkers: int | None = None, sir_db: float | None = None):
     """(split, index, plan, noisy (M, N), clean (N,), speaker (D,) or None) of the recipe's test splits.
     ``talkers``, ``sir_db``: a personalized recipe's clips with exactly that many competing talkers,
@@ -90,8 +94,8 @@ def clips(config: str, items: int | None, splits: list[str], talkers: int | None
     data_args = yaml.safe_load(Path(config).read_text())["data"]
     if talkers is not None or sir_db is not None:
         if not data_args.get("personalize"):
-            raise ValueError(f"--talkers and --sir-db set competing talkers; {config} is not a personalized recipe "
-                             "(its data has no `personalize`)")
+            raise NotPersonalized(f"--talkers and --sir-db set competing talkers; {config} is not a personalized recipe "
+                                  "(its data has no `personalize`)")
         personalize = dict(data_args["personalize"])
         if talkers is not None:
             personalize["interferers"] = [talkers, talkers]
@@ -156,10 +160,12 @@ def main(argv=None) -> int:
         if args.wrong_enrollment and runner.personalized:
             systems[f"{name} (wrong enrollment)"] = systems[name]
             wrong.add(f"{name} (wrong enrollment)")
-    try:
-        every = list(clips(args.config, args.items, args.splits, args.talkers, args.sir_db))
-    except ValueError as err:
+    produced = clips(args.config, args.items, args.splits, args.talkers, args.sir_db)
+    try:  # the recipe is checked before the first clip: a usage error, and only that one
+        first = next(produced, None)
+    except NotPersonalized as err:
         parser.error(str(err))
+    every = ([] if first is None else [first]) + list(produced)
     if wrong and every[0][-1] is None:
         parser.error("--wrong-enrollment needs a personalized --config (its clips carry enrollments)")
     rows, personal = [], False
@@ -202,9 +208,8 @@ def markdown(result: dict) -> str:
              "scored by one function (`speechnorm.task`)."
              + (f" `{TARGET}` is the target scored against itself: only its DNSMOS says something (the most any "
                 "system can get on these clips)." if TARGET in names else "")
-             + (f" Every clip has exactly {result['talkers']} competing talker(s)" if result.get("talkers") is not None else "")
-             + (f" at {result['sir_db']:g} dB SIR" if result.get("sir_db") is not None else "")
-             + ("." if result.get("talkers") is not None or result.get("sir_db") is not None else ""), ""]
+             + (f" Every clip has exactly {result['talkers']} competing talker(s)." if result.get("talkers") is not None else "")
+             + (f" Every competing talker is at {result['sir_db']:g} dB SIR." if result.get("sir_db") is not None else ""), ""]
     for split, systems in result["mean"].items():
         count = sum(1 for r in result["per_item"] if r["split"] == split)
         lines += [f"### {split} ({count} clips)", "", "| system | " + " | ".join(metrics) + " | RTF |",

@@ -52,8 +52,11 @@ class EmbeddingCache:
         try:
             if speed == 1.0:
                 value = embed_file(path)[0]
-            else:  # played faster or slower: read at 16 kHz, then resampled as by the dataset
-                audio = read_audio(path, 16_000, check_clipping=False)[0].numpy()
+            else:  # played faster or slower, as the dataset plays the target: at 16 kHz, resampled
+                audio, rate = read_audio(path, check_clipping=False)
+                if rate < 16_000:  # refused as at speed 1 (``embed``), not upsampled into a usable one
+                    raise EnrollmentError(f"enrollment audio is at {rate} Hz; the speaker encoder needs at least 16000 Hz")
+                audio = resample(audio.numpy(), rate, 16_000)
                 value = embed(resample(audio, round(16_000 * speed), 16_000), 16_000)[0]
         except EnrollmentError as err:
             log.info("%s cannot enroll its speaker: %s", path, err)

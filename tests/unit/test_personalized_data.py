@@ -268,6 +268,14 @@ def test_voice_speeds_play_the_target_faster_on_train_only(tmp_path):
     spectrum = np.abs(np.fft.rfft(clean.numpy() * np.hanning(clean.numel())))
     assert np.fft.rfftfreq(clean.numel(), 1 / 16000)[spectrum.argmax()] == pytest.approx(600.0, abs=2.0)
     assert clean.numel() == pytest.approx(3 * 16000 / 1.2, abs=2) and embedding[0] == pytest.approx(1.2)
+    # through the item itself: the enrollment at the drawn speed, the (reverberant) target's tone moved
+    item = make("train", Personalization(interferers=(0, 0), voice_speeds=(1.2, 1.2)))[0]
+    spectrum = np.abs(np.fft.rfft(item[1].numpy() * np.hanning(item[1].numel())))
+    assert np.fft.rfftfreq(item[1].numel(), 1 / 16000)[spectrum.argmax()] == pytest.approx(600.0, abs=2.0)
+    assert float(item[2][0]) == pytest.approx(1.2)
+    # a range of one speed, 1: the new stream is drawn, every item the same as without voice_speeds
+    for a, b in zip(make("train", Personalization())[1], make("train", Personalization(voice_speeds=(1.0, 1.0)))[1]):
+        assert torch.equal(a, b)
     drawn = make("train", Personalization(voice_speeds=(0.85, 1.15)))
     assert all(0.85 <= drawn._speed(np.random.default_rng(s)) <= 1.15 for s in range(20))
     for split in ("val", "test"):
@@ -279,7 +287,8 @@ def test_voice_speeds_play_the_target_faster_on_train_only(tmp_path):
     plain, varied = make("train", Personalization(), tmp_path / "c"), make("train", Personalization(voice_speeds=(0.9, 1.1)), tmp_path / "c")
     assert varied.plan(0) == plain.plan(0) and varied.cache != plain.cache
     assert make("val", Personalization(voice_speeds=(0.9, 1.1)), tmp_path / "c").cache == make("val", Personalization(), tmp_path / "c").cache
-    for bad in ((1.1, 0.9), (0.2, 1.0), (1.0,)):
+    assert Personalization(voice_speeds=["0.9", 1]).voice_speeds == (0.9, 1.0)  # as YAML may give them
+    for bad in ((1.1, 0.9), (0.2, 1.0), (1.0,), ("fast", "slow")):
         with pytest.raises(ValueError, match="voice_speeds"):
             Personalization(voice_speeds=bad)
 
@@ -325,7 +334,7 @@ def test_the_comparison_script_sets_the_talkers_and_their_sir(voices, tmp_path):
         assert np.array_equal(embedding, embedding2)
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({"data": {k: v for k, v in data.items() if k != "personalize"}}))
-    with pytest.raises(ValueError, match="not a personalized recipe"):
+    with pytest.raises(evaluate_real.NotPersonalized, match="not a personalized recipe"):
         list(evaluate_real.clips(str(plain), None, ["test"], talkers=1))
 
 
@@ -343,3 +352,6 @@ def test_the_comparison_report_pairs_each_model_with_the_last():
     text = evaluate_real.markdown(result)
     assert "| all | 3 | +2.00 ± 0.58 |" in text and "| talkers 1 | 2 | +1.50 ± 0.50 |" in text
     assert "| talkers 2 | 1 | +3.00 ± nan |" in text
+    narrow = tmp_path / "narrow.wav"  # below the encoder's 16 kHz: refused at any speed, never upsampled
+    sf.write(narrow, wav[::2], rate // 2)
+    assert cache.get(narrow) is None and cache.get(narrow, speed=1.1) is None
