@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install --quiet --no-deps -c requirements/constraints.txt resemblyzer
 	@touch $@
 
-# espeak-ng speaks the built-in synthetic corpus; chromium runs the demo page's end-to-end test
+# espeak-ng speaks the built-in synthetic corpus; Festival with one voice tests the extra training
+# voices (speechnorm/data/festival.py); chromium runs the demo page's end-to-end test
 # (Debian/Ubuntu packages; needs root or sudo). Tests that need a missing one are skipped.
 system-deps:
 	@missing=""; command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	  command -v text2wave >/dev/null 2>&1 || missing="$$missing festival festvox-kallpc16k"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  [ -z "$$missing" ] || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null) || \

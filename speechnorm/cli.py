@@ -117,14 +117,20 @@ def _enhance(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     import logging
 
-    from .data import packages, synthetic
+    from .data import festival, packages, synthetic
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cache = args.cache or str(args.root / "cache")
     espeak = None
     if args.espeak_utterances > 0:
         espeak = synthetic.build(args.root / "espeak", utterances=args.espeak_utterances, seed=0, real_speech=True)
-    root = packages.build(args.root, cache=cache, espeak_dir=espeak)
+    voices = None
+    if args.festival_utterances > 0:
+        try:
+            voices = festival.build(args.root / "festival", utterances=args.festival_utterances, seed=0)
+        except festival.FestivalError as err:
+            print(f"speechnorm data: no Festival voices ({err})", file=sys.stderr)
+    root = packages.build(args.root, cache=cache, espeak_dir=espeak, festival_dir=voices)
     print(packages.summary(root))
     print(f"\ncorpus: {root}/speech and {root}/noise (manifest.csv in each); train with "
           f"data.clean_dir={root}/speech data.noise_dir={root}/noise")
@@ -215,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "put .deb files in CACHE/debs to build without a network")
     data.add_argument("--espeak-utterances", type=int, default=240,
                       help="espeak-ng sentences added as extra training voices (0: none)")
+    data.add_argument("--festival-utterances", type=int, default=40,
+                      help="sentences per installed Festival voice added as extra training voices (0: none; "
+                           "speechnorm/data/festival.py lists the voices' packages)")
     data.set_defaults(run=_data)
     serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
     serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2)")

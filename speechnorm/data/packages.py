@@ -235,10 +235,11 @@ def noise_pieces(audio: np.ndarray, path: Path, max_s: float = 10.0, min_s: floa
 
 
 def build(root: str | Path, cache: str | Path | None = None, sources: list[Source] | None = None,
-          espeak_dir: str | Path | None = None) -> Path:
+          espeak_dir: str | Path | None = None, festival_dir: str | Path | None = None) -> Path:
     """Build (or complete) the corpus under ``root``: ``speech/`` and ``noise/`` with a manifest each.
     ``espeak_dir``: a built synthetic corpus (``synthetic.build``) whose speech and generated noise
-    join the training split (espeak voices are extra voices, never held out). Returns ``root``."""
+    join the training split (espeak voices are extra voices, never held out). ``festival_dir``: a
+    build of ``festival.build``, whose voices join the training split as well. Returns ``root``."""
     root = Path(root)
     cache = Path(cache) if cache else root / "cache"
     sources = SOURCES if sources is None else sources
@@ -275,6 +276,8 @@ def build(root: str | Path, cache: str | Path | None = None, sources: list[Sourc
     if espeak_dir is not None:
         rows["speech"] += _adopt(root, Path(espeak_dir) / "clean", "speech")
         rows["noise"] += _adopt(root, Path(espeak_dir) / "noise", "noise")
+    if festival_dir is not None:
+        rows["speech"] += adopt_festival(root, festival_dir)
     for kind, kind_rows in rows.items():
         _write_manifest(root / kind / "manifest.csv", kind_rows)
     return root
@@ -314,6 +317,28 @@ def _adopt(root: Path, folder: Path, kind: str) -> list[dict]:
         out.append({"file": str(relative), "kind": kind, "speaker": speaker, "language": "", "package": package,
                     "version": "", "licence": licence, "seconds": round(sf.info(str(target)).duration, 3),
                     "split": "train" if kind == "speech" else split_of(target)})
+    return out
+
+
+def adopt_festival(root: Path, folder: str | Path) -> list[dict]:
+    """The speech of a Festival build (``festival.build``), copied in as training utterances; each
+    voice is a speaker ``festival:NAME`` with its package, version and licence."""
+    from .festival import voices_of
+
+    voices, out = voices_of(folder), []
+    for path in sorted(Path(folder).glob("*.wav")):
+        name = path.stem.rsplit("_", 1)[0]
+        if name not in voices:
+            log.warning("skipping %s: voice %s is not in the build's voices.tsv", path, name)
+            continue
+        relative = Path("festival") / path.name
+        target = Path(root) / "speech" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        voice = voices[name]
+        out.append({"file": str(relative), "kind": "speech", "speaker": f"festival:{name}", "language": voice["language"],
+                    "package": voice["package"], "version": voice["version"], "licence": voice["licence"],
+                    "seconds": round(sf.info(str(target)).duration, 3), "split": "train"})
     return out
 
 
