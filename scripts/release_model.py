@@ -40,6 +40,9 @@ def main(argv=None):
     parser.add_argument("--recipe", default="recipes/array_agnostic/conf.yaml")
     parser.add_argument("--logs", default=None, help="the run's CSV log folder (e.g. runs/real_rooms/csv): "
                                                      "its training curve is drawn into training_curve.png")
+    parser.add_argument("--stage", action="append", default=[],
+                        help="how the checkpoint came to be, one training stage each (repeatable, in order): a model "
+                             "warm-started from another, or data changed between runs; listed in the card")
     args = parser.parse_args(argv)
     folder = Path(args.out) / args.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,8 @@ def main(argv=None):
         "delay_samples": model.delay_samples,
         "latency_ms": model.latency_ms,
         "mics": "any M >= 1, any geometry; mic 0 is the reference",
-        "training": {"recipe": args.recipe, "steps": full.get("global_step"), "data": data_hp},
+        "training": {"recipe": args.recipe, "steps": full.get("global_step"), "data": data_hp,
+                     **({"stages": args.stage} if args.stage else {})},
         "metrics": {split: results[split]["mean"] for split in results},
         "items": {split: results[split]["items"] for split in results},
         "measured_with": f"python scripts/release_model.py {args.checkpoint} --name {args.name}",
@@ -171,9 +175,14 @@ def model_card(card: dict, results: dict) -> str:
         "",
         f"`{card['model']['model']}` ({card['model']['size']}, {card['parameters']:,} parameters) with "
         f"`{card['model']['norm']}` normalization, trained by `{card['training']['recipe']}` for "
-        f"{card['training']['steps']} steps on CPU. 16 kHz, any number of mics in any geometry (mic 0 is the "
+        f"{card['training']['steps']} steps on CPU" + (" (its last stage; all of them below)" if card["training"].get("stages") else "")
+        + f". 16 kHz, any number of mics in any geometry (mic 0 is the "
         f"reference), {card['hop_samples']}-sample hop, {card['latency_ms']:.0f} ms algorithmic latency.",
         "",
+    ]
+    if card["training"].get("stages"):
+        lines += ["Training stages, in order:", ""] + [f"{k}. {stage}" for k, stage in enumerate(card["training"]["stages"], 1)] + [""]
+    lines += [
         "## Data",
         "",
         data_paragraph(data),
