@@ -87,7 +87,8 @@ def test_train_test_and_resume(tmp_path, tiny_corpus):
     onnx_result = json.loads((tmp_path / "eval_onnx" / "metrics.json").read_text())
     assert onnx_result["model"]["backend"] == "onnxruntime"
     for a, b in zip(result["per_item"], onnx_result["per_item"]):
-        assert abs(a["enhanced/si_sdr"] - b["enhanced/si_sdr"]) < 0.01 and a["noisy/si_sdr"] == b["noisy/si_sdr"]
+        # the same clips (a float summation order may differ between processes: 1e-4 dB, not another clip)
+        assert abs(a["enhanced/si_sdr"] - b["enhanced/si_sdr"]) < 0.01 and abs(a["noisy/si_sdr"] - b["noisy/si_sdr"]) < 1e-4
 
 
 def test_evaluate_refuses_bad_paths_in_one_line(tmp_path):
