@@ -144,7 +144,12 @@ def data_paragraph(data: dict) -> str:
     if data.get("clean_dir"):
         kinds = ", ".join(f"{k} {v:.0%}" for k, v in (data.get("noise_kinds") or {"noise": 1.0}).items())
         return (f"Real recorded speech and noise from Debian packages (`speechnorm data`, table below; whole speakers "
-                f"held out for val/test), plus espeak-ng voices, in simulated rooms with "
+                f"held out for val/test), plus espeak-ng voices (and Festival voices where the table lists `festvox-*`)"
+                + (f"; personalized items: {(data.get('personalize') or {}).get('interferers')} competing talkers at SIR "
+                   f"{(data.get('personalize') or {}).get('sir_db')} dB, the target enrolled from another of its utterances"
+                   + (f", every training voice also played {data['personalize']['voice_speeds']}× as fast (pseudo-speakers)"
+                      if (data.get("personalize") or {}).get("voice_speeds") else "") if data.get("personalize") else "")
+                + ", in simulated rooms with "
                 f"{'their full late reverberation' if data.get('late_reverb') else 'order-12 image sources'}: "
                 f"T60 {data.get('t60')} s, SNR {data.get('snr_db')} dB, speaker {data.get('distance')} m from the array, "
                 f"±{data.get('mic_gain_db')} dB mic gains, sensor noise {data.get('sensor_snr_db')} dB down; noise kinds "
@@ -159,10 +164,15 @@ def data_paragraph(data: dict) -> str:
             "and 7–8-mic circles never seen in training.")
 
 
-def limits_paragraph(data: dict) -> str:
+def limits_paragraph(data: dict, corpus: list[dict] | None = None) -> str:
     if data.get("clean_dir"):
-        return ("Limits: a few hours of real speech from 5 recorded voices (game dialogue, telephone prompts) and "
-                "CPU-scale training; simulated rooms, not recorded ones.")
+        recorded = sorted({who for src in corpus or () if src["kind"] == "speech" and src["package"] != "speechnorm"
+                           and not src["package"].startswith("festvox-") for who in src["speakers"].get("train", ())})
+        festival = sum(len(src["speakers"].get("train", ())) for src in corpus or () if src["package"].startswith("festvox-"))
+        return (f"Limits: a few hours of real speech from {len(recorded) or 'a few'} recorded training speaker labels "
+                "(game dialogue, telephone prompts)"
+                + (f" plus {festival} Festival voices, each cut from one person's recordings" if festival else "")
+                + ", and CPU-scale training; simulated rooms, not recorded ones.")
     return ("Limits: trained mostly on synthetic speech (with a little real speech) and generated noises, so expect less "
             "on real recordings. Late reverberation is truncated in the simulation (image-source order 12).")
 
@@ -243,12 +253,13 @@ def model_card(card: dict, results: dict) -> str:
         "Reproduce:",
         "",
         "```",
-        f"speechnorm train --config {card['training']['recipe']}",
+        f"speechnorm train --config {card['training']['recipe']}"
+        + ("   # one run; this checkpoint came from the training stages above" if card["training"].get("stages") else ""),
         card["measured_with"],
         f"speechnorm evaluate models/{card['name']} --split test_unseen",
         "```",
         "",
-        limits_paragraph(data),
+        limits_paragraph(data, card.get("corpus")),
         "",
     ]
     return "\n".join(lines)

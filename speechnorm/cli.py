@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("input", help="WAV/FLAC, channel 0 is the reference mic")
     enhance.add_argument("-o", "--output", required=True, help="the enhanced mono file (.wav or .flac), at the input's rate")
     enhance.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2; "
-                                                          "with --enroll, models/tac_gru_online_small_personalized)")
+                                                          "with --enroll, models/tac_gru_online_small_personalized_v2)")
     enhance.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     enhance.add_argument("--offline", action="store_true", help="whole-utterance path instead of streaming")
     enhance.add_argument("--reference", default=None, help="a clean reference file: print SI-SDR, PESQ and STOI before and after")

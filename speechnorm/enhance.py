@@ -25,7 +25,7 @@ from .stream import AtRate, StreamingEnhancer, load
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "tac_gru_online_small_v2"
 # what ``enhance --enroll`` uses when no model is named: the released personalized model
-DEFAULT_PERSONALIZED_MODEL = REPO / "models" / "tac_gru_online_small_personalized"
+DEFAULT_PERSONALIZED_MODEL = REPO / "models" / "tac_gru_online_small_personalized_v2"
 BLOCK_SECONDS = 1.0
 
 
