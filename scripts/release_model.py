@@ -12,6 +12,7 @@ them (`speechnorm enhance`) and scores it, and writes the model card from those 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -69,7 +70,9 @@ def main(argv=None):
                      **({"stages": args.stage} if args.stage else {})},
         "metrics": {split: results[split]["mean"] for split in results},
         "items": {split: results[split]["items"] for split in results},
-        "measured_with": f"python scripts/release_model.py {args.checkpoint} --name {args.name}",
+        "measured_with": "python scripts/release_model.py " + " ".join(shlex.quote(a) for a in (
+            [args.checkpoint, "--name", args.name, "--recipe", args.recipe] + (["--logs", args.logs] if args.logs else [])
+            + [x for stage in args.stage for x in ("--stage", stage)])),
     }
     write_card(folder, card)
     card = export_model(folder, folder)  # adds the verified ONNX graphs and the card's "onnx" section
@@ -171,7 +174,7 @@ def limits_paragraph(data: dict, corpus: list[dict] | None = None) -> str:
         festival = sum(len(src["speakers"].get("train", ())) for src in corpus or () if src["package"].startswith("festvox-"))
         return (f"Limits: a few hours of real speech from {len(recorded) or 'a few'} recorded training speaker labels "
                 "(game dialogue, telephone prompts)"
-                + (f" plus {festival} Festival voices, each cut from one person's recordings" if festival else "")
+                + (f" plus {festival} Festival voices, each built from one person's recordings" if festival else "")
                 + ", and CPU-scale training; simulated rooms, not recorded ones.")
     return ("Limits: trained mostly on synthetic speech (with a little real speech) and generated noises, so expect less "
             "on real recordings. Late reverberation is truncated in the simulation (image-source order 12).")

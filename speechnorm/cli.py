@@ -129,7 +129,8 @@ def _data(args: argparse.Namespace) -> int:
         try:
             voices = festival.build(args.root / "festival", utterances=args.festival_utterances, seed=0)
         except festival.FestivalError as err:
-            print(f"speechnorm data: no Festival voices ({err})", file=sys.stderr)
+            print(f"speechnorm data: no Festival voices ({err}); building without them "
+                  "(--festival-utterances 0 skips them quietly)", file=sys.stderr)
     root = packages.build(args.root, cache=cache, espeak_dir=espeak, festival_dir=voices)
     print(packages.summary(root))
     print(f"\ncorpus: {root}/speech and {root}/noise (manifest.csv in each); train with "

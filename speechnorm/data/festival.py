@@ -1,6 +1,7 @@
 """More training voices: sentences spoken by the Festival voices of Debian (``speechnorm data``).
 
-A Festival diphone, unit-selection or HTS voice is built from the recordings of one real person,
+A Festival diphone, unit-selection or HTS voice is built from the recordings of one real person
+(cut from them, or for HTS a statistical model trained on them),
 so each voice is a timbre of its own (the speaker encoder scores two of them 0.62 alike on average,
 about what it gives two different people). They join the *training* split only, like the
 espeak-ng voices; held-out speakers stay real recordings. They are spoken through ``text2wave``
@@ -14,8 +15,10 @@ and need the ``festival`` package and the voices' packages installed::
 A voice whose package is missing, or that fails to speak, is reported with the command that
 installs it and skipped; the rest goes on. Every voice reads the same English word list
 (``synthetic.WORDS``) through its own language's letter-to-sound rules: what matters here is
-whose voice it is. Each sentence is drawn from a seeded RNG with a duration stretch of 0.85-1.2, so
-a build is reproducible; it is written once into a folder (``build``) and reused. Voices speak at
+whose voice it is. Each sentence is drawn from a seeded RNG with a duration stretch of 0.85-1.2
+(Festival's ``Duration_Stretch``; the HTS and unit-selection voices, cmu_us_slt_arctic_hts,
+upc_ca_ona_hts and msu_ru_nsh_clunits, ignore it and speak at their own pace), so a build is
+reproducible; it is written once into a folder (``build``) and reused. Voices speak at
 half of Festival's scale: czech_dita's own units reach full scale (flat tops on about 0.06 % of
 its samples, measured on one sentence, which stay), and at full scale its output was refused as clipped.
 """
@@ -105,15 +108,25 @@ def speak(text: str, voice: Voice, stretch: float, exe: str) -> np.ndarray:
 def build(root: str | Path, utterances: int = 40, seed: int = 0, voices: tuple[Voice, ...] = VOICES) -> Path:
     """Write ``root/NAME_NNN.wav`` (``utterances`` sentences per voice that speaks) and
     ``root/voices.tsv`` (name, package, version, language, licence of each voice used), unless a build
-    with these settings is there. Raises ``FestivalError`` when Festival is missing or no voice speaks."""
+    with these settings is there, and no voice it skipped has been installed since. The build is made
+    beside ``root`` and moved into place when it is done, so a failed build leaves the last good one.
+    Raises ``FestivalError`` when Festival is missing, no voice speaks, or ``root`` holds something
+    that is not a Festival build."""
     root = Path(root)
     done = root / ".complete"
     settings = f"utterances={utterances} seed={seed} voices={','.join(v.name for v in voices)}\n"
     if done.exists() and done.read_text() == settings:
-        return root
+        spoken = set(voices_of(root))
+        since = [v.package for v in voices if v.name not in spoken and package_version(v.package)]
+        if not since:
+            return root
+        log.warning("Festival voices installed since the last build (%s): building again", " ".join(since))
+    elif root.exists() and any(root.iterdir()) and not done.exists():
+        raise FestivalError(f"{root} is not empty and is not a Festival build; remove it or choose another folder")
     exe = require_festival()
-    shutil.rmtree(root, ignore_errors=True)  # another build's files must not mix into this one
-    root.mkdir(parents=True)
+    work = root.with_name(root.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     used = []
     for number, voice in enumerate(voices):
         rng = np.random.default_rng([seed, number])
@@ -121,21 +134,24 @@ def build(root: str | Path, utterances: int = 40, seed: int = 0, voices: tuple[V
             for i in range(utterances):
                 words = rng.choice(WORDS, size=int(rng.integers(8, 16)))
                 audio = speak(" ".join(words), voice, float(rng.uniform(0.85, 1.2)), exe)
-                write_audio(root / f"{voice.name}_{i:03d}.wav", torch.from_numpy(0.5 * audio / np.abs(audio).max()),
+                write_audio(work / f"{voice.name}_{i:03d}.wav", torch.from_numpy(0.5 * audio / np.abs(audio).max()),
                             SAMPLE_RATE)
         except FestivalError as err:
             log.warning("skipping Festival voice %s: %s", voice.name, err)
-            for partial in root.glob(f"{voice.name}_*.wav"):
+            for partial in work.glob(f"{voice.name}_*.wav"):
                 partial.unlink()
             continue
         used.append(voice)
     if not used:
+        shutil.rmtree(work, ignore_errors=True)
         raise FestivalError("no Festival voice could speak; install them: apt-get install -y festival "
                             + " ".join(v.package for v in voices))
     lines = ["name\tpackage\tversion\tlanguage\tlicence"]
     lines += [f"{v.name}\t{v.package}\t{package_version(v.package)}\t{v.language}\t{v.licence}" for v in used]
-    (root / "voices.tsv").write_text("\n".join(lines) + "\n")
-    done.write_text(settings)
+    (work / "voices.tsv").write_text("\n".join(lines) + "\n")
+    (work / ".complete").write_text(settings)
+    shutil.rmtree(root, ignore_errors=True)  # the last build (another build's files must not mix into this one)
+    work.rename(root)
     return root
 
 

@@ -56,6 +56,27 @@ def test_a_voice_speaks_is_written_once_and_a_missing_one_is_skipped(tmp_path, c
     assert files[0].stat().st_mtime_ns == stamp
     with pytest.raises(festival.FestivalError, match="no Festival voice could speak"):
         festival.build(tmp_path / "none", utterances=1, voices=(BOGUS,))
+    # a failed rebuild leaves the last good build in place
+    with pytest.raises(festival.FestivalError, match="no Festival voice could speak"):
+        festival.build(root, utterances=1, voices=(BOGUS,))
+    assert sorted(root.glob("*.wav")) == files and not (tmp_path / "voices.partial").exists()
+    # a voice skipped then installed since: the build is made again (here it is still missing)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        real_version = festival.package_version
+        festival.package_version = lambda package: "1.0" if package == BOGUS.package else real_version(package)
+        try:
+            festival.build(root, utterances=2, voices=(KAL, BOGUS))
+        finally:
+            festival.package_version = real_version
+    assert "installed since the last build (festvox-no-such-voice)" in caplog.text
+    # a folder that is not a Festival build is never wiped
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(festival.FestivalError, match="not a Festival build"):
+        festival.build(other, utterances=1, voices=(KAL,))
+    assert (other / "keep.txt").read_text() == "mine"
     # adopted into a corpus: training speaker festival:NAME with its package, version and licence
     corpus_root = tmp_path / "corpus"
     rows = packages.adopt_festival(corpus_root, root)

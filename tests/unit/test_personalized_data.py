@@ -307,6 +307,9 @@ def test_a_pseudo_speakers_embedding_is_its_faster_recording(voices, tmp_path):
     assert speaker.similarity(sped, plain) < 0.99
     assert np.allclose(EmbeddingCache(tmp_path / "emb").get(path, speed=1.15), sped)  # from disk
     assert len(list((tmp_path / "emb").glob("*.npy"))) == 2
+    narrow = tmp_path / "narrow.wav"  # below the encoder's 16 kHz: refused at any speed, never upsampled
+    sf.write(narrow, wav[::2], rate // 2)
+    assert cache.get(narrow) is None and cache.get(narrow, speed=1.1) is None
 
 
 @needs_encoder
@@ -352,6 +355,3 @@ def test_the_comparison_report_pairs_each_model_with_the_last():
     text = evaluate_real.markdown(result)
     assert "| all | 3 | +2.00 ± 0.58 |" in text and "| talkers 1 | 2 | +1.50 ± 0.50 |" in text
     assert "| talkers 2 | 1 | +3.00 ± nan |" in text
-    narrow = tmp_path / "narrow.wav"  # below the encoder's 16 kHz: refused at any speed, never upsampled
-    sf.write(narrow, wav[::2], rate // 2)
-    assert cache.get(narrow) is None and cache.get(narrow, speed=1.1) is None
