@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .corpus import Corpus
 from .enrollment import EmbeddingCache
-from .resample import resample
+from .resample import played_faster
 from .rooms import MixSpec, mix, sample_array, sample_mics, simulate
 
 SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "test_unseen": 4}
@@ -170,8 +170,7 @@ class SimulatedMixtures(Dataset):
         """``audio`` played ``speed`` times as fast: pitch and formants scale with it."""
         if speed == 1.0:
             return audio
-        rate = self.corpus.sample_rate
-        return torch.from_numpy(resample(audio[None].numpy(), round(rate * speed), rate)[0])
+        return torch.from_numpy(played_faster(audio[None].numpy(), self.corpus.sample_rate, speed)[0])
 
     def _enrolled_target(self, rng: np.random.Generator, speed: float = 1.0) -> tuple[Tensor, Path, np.ndarray]:
         """A target utterance whose speaker has another utterance that enrolls, and that one's

@@ -47,7 +47,7 @@ class EmbeddingCache:
             return np.load(stored)
         from ..speaker import EnrollmentError, embed, embed_file
         from .audio_io import read_audio
-        from .resample import resample
+        from .resample import played_faster, resample
 
         try:
             if speed == 1.0:
@@ -56,8 +56,7 @@ class EmbeddingCache:
                 audio, rate = read_audio(path, check_clipping=False)
                 if rate < 16_000:  # refused as at speed 1 (``embed``), not upsampled into a usable one
                     raise EnrollmentError(f"enrollment audio is at {rate} Hz; the speaker encoder needs at least 16000 Hz")
-                audio = resample(audio.numpy(), rate, 16_000)
-                value = embed(resample(audio, round(16_000 * speed), 16_000), 16_000)[0]
+                value = embed(played_faster(resample(audio.numpy(), rate, 16_000), 16_000, speed), 16_000)[0]
         except EnrollmentError as err:
             log.info("%s cannot enroll its speaker: %s", path, err)
             value = UNUSABLE

@@ -1,6 +1,6 @@
 """One resampling path (soxr, high quality) for corpora, files, streams and the server.
 
-``resample`` converts a whole signal; ``StreamResampler`` converts a stream chunk by chunk and
+``resample`` converts a whole signal (``played_faster``: speed perturbation); ``StreamResampler`` converts a stream chunk by chunk and
 gives exactly the samples ``resample`` gives for the whole, whatever the chunking.
 """
 
@@ -15,6 +15,12 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return audio
     return np.ascontiguousarray(soxr.resample(np.ascontiguousarray(audio.T), from_rate, to_rate).T, dtype=np.float32)
+
+
+def played_faster(audio: np.ndarray, rate: int, speed: float) -> np.ndarray:
+    """(channels, samples) at ``rate`` played ``speed`` times as fast (speed perturbation): as if
+    recorded at ``rate * speed``, resampled to ``rate``; pitch and formants scale with ``speed``."""
+    return audio if speed == 1.0 else resample(audio, round(rate * speed), rate)
 
 
 class StreamResampler:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .audio_io import read_audio, write_audio
-from .resample import resample
+from .resample import played_faster
 
 SAMPLE_RATE = 16_000
 VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en+f3", "en-us+f2", "en+m3", "de", "fr", "es", "it", "nl"]
@@ -96,7 +96,7 @@ def real_speech_pieces() -> list[tuple[str, torch.Tensor]]:
         for k, piece_start in enumerate(np.arange(start, end - 0.5, PIECE_SECONDS)):
             piece = audio[int(piece_start * SAMPLE_RATE) : int(min(end, piece_start + PIECE_SECONDS) * SAMPLE_RATE)]
             for speed in SPEEDS:
-                varied = torch.from_numpy(resample(piece[None].numpy(), round(SAMPLE_RATE * speed), SAMPLE_RATE)[0])
+                varied = torch.from_numpy(played_faster(piece[None].numpy(), SAMPLE_RATE, speed)[0])
                 pieces.append((f"real_{index:02d}_{k}__s{speed:.1f}", 0.5 * varied / (varied.abs().max() + 1e-9)))
     return pieces
 
