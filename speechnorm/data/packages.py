@@ -104,6 +104,25 @@ def asterisk(voice_dir: str, speaker: str, language: str) -> Callable[[Path, dic
     return entries
 
 
+TUXPAINT_DESCRIPTION = re.compile(r"_desc_([a-z]{2,3})\.ogg$")
+
+
+def tuxpaint(languages: tuple[str, ...]) -> Callable[[Path, dict], Iterator[Entry]]:
+    """Tux Paint's spoken stamp descriptions (``<stamp>_desc_<lang>.ogg``; the stamps' own sound
+    effects and name files are left out). Each language was read by one to three volunteers whom
+    the package does not name per file, so a language is one speaker group: it is never split."""
+    def entries(root: Path, others: dict) -> Iterator[Entry]:
+        for path in sorted((root / "usr/share/tuxpaint/stamps").rglob("*_desc_*.ogg")):
+            found = TUXPAINT_DESCRIPTION.search(path.name)
+            if found and found.group(1) in languages:
+                yield path, f"tuxpaint:{found.group(1)}", found.group(1)
+    return entries
+
+
+#: Tux Paint languages with enough minutes to matter (da, lt, ml, nl have 6-322 short files)
+TUXPAINT_LANGUAGES = ("be", "bg", "ca", "el", "es", "fr", "ro", "ru")
+
+
 def noise_files(*folders: str, suffixes=(".ogg", ".wav", ".g722", ".opus", ".flac")) -> Callable[[Path, dict], Iterator[Entry]]:
     def entries(root: Path, others: dict) -> Iterator[Entry]:
         for folder in folders:
@@ -123,6 +142,7 @@ SOURCES = [
     Source("asterisk-core-sounds-fr-g722", "CC-BY-SA-3.0", "speech", asterisk("fr_CA_f_June", "june", "fr")),
     Source("asterisk-core-sounds-it-g722", "CC-BY-SA-3.0", "speech", asterisk("it_IT_m_Carlo", "carlo", "it")),
     Source("asterisk-core-sounds-ru-g722", "CC-BY-SA-3.0", "speech", asterisk("ru_RU_f_IvrvoiceRU", "ru", "ru")),
+    Source("tuxpaint-stamps-default", "GPL-2", "speech", tuxpaint(TUXPAINT_LANGUAGES)),
     Source("fillets-ng-data", "GPL-2", "noise", noise_files("usr/share/games/fillets-ng/music")),
     Source("asterisk-moh-opsound-g722", "CC-BY-SA-3.0", "noise", noise_files("usr/share/asterisk/moh")),
     Source("colobot-common-sounds", "GPL-3+", "noise", noise_files("usr/share/games/colobot/music",
