@@ -114,6 +114,24 @@ def _enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bank(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.bank import BankError, BankSettings, build
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        settings = BankSettings(rooms=args.rooms, mics=args.mics, sources=args.sources, t60=tuple(args.t60),
+                                distance=tuple(args.distance), seed=args.seed, chunk=args.chunk)
+        bank = build(args.out, settings, device=args.device, progress=lambda line: print(line, flush=True))
+    except BankError as err:
+        print(f"speechnorm bank: {err}", file=sys.stderr)
+        return 2
+    print(f"room bank: {len(bank)} rooms x {settings.mics} mics x {settings.sources} sources in {args.out}")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     import logging
 
@@ -226,6 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sentences per installed Festival voice added as extra training voices (0: none; "
                            "speechnorm/data/festival.py lists the voices' packages)")
     data.set_defaults(run=_data)
+    bank = commands.add_parser("bank", help="build a bank of generated rooms for training (speechnorm/data/bank.py); "
+                               "a stopped build resumes")
+    bank.add_argument("--out", type=Path, default=Path(".cache/room_bank"), help="the bank's folder")
+    bank.add_argument("--rooms", type=int, default=10_000)
+    bank.add_argument("--mics", type=int, default=8, help="mics per room; items take a random subset and order")
+    bank.add_argument("--sources", type=int, default=4, help="source positions per room: the talker and noise")
+    bank.add_argument("--t60", type=float, nargs=2, default=(0.15, 1.0), metavar=("LOW", "HIGH"))
+    bank.add_argument("--distance", type=float, nargs=2, default=(0.5, 3.0), metavar=("LOW", "HIGH"),
+                      help="talker to array centre, metres")
+    bank.add_argument("--seed", type=int, default=0)
+    bank.add_argument("--chunk", type=int, default=32, help="rooms made per call (and per file)")
+    bank.add_argument("--device", default="cpu", help="cpu or cuda")
+    bank.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    bank.set_defaults(run=_bank)
     serve = commands.add_parser("serve", help="real-time enhancement server (WebSocket, serve/PROTOCOL.md) with a demo page")
     serve.add_argument("--model", default=None, help="model folder, .onnx or .ckpt (default: models/tac_gru_online_small_v2)")
     serve.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
