@@ -132,6 +132,30 @@ def _bank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _screen(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from .data import screen
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    if not (args.speech_dir / "manifest.csv").exists():
+        print(f"speechnorm screen: {args.speech_dir}/manifest.csv is missing: build the corpus with `speechnorm data`",
+              file=sys.stderr)
+        return 2
+    if not args.decide_only:
+        screen.score(args.speech_dir, packages=args.first, progress=lambda line: print(line, flush=True))
+    floors = screen.Floors(dnsmos_ovrl=args.ovrl, dnsmos_bak=args.bak, noise_floor_db=args.noise_floor,
+                           clip_fraction=args.clipping, high_band_db=args.high_band)
+    table = screen.report(screen.decide(args.speech_dir, floors))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(f"Screened speech of `{args.speech_dir}` ({floors}):\n\n{table}\n")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     import logging
 
@@ -244,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sentences per installed Festival voice added as extra training voices (0: none; "
                            "speechnorm/data/festival.py lists the voices' packages)")
     data.set_defaults(run=_data)
+    screen = commands.add_parser("screen", help="screen the corpus's speech: DNSMOS per ~9 s group of a speaker, noise "
+                                 "floor, clipping, bandwidth (speechnorm/data/screen.py); resumes")
+    screen.add_argument("--speech-dir", type=Path, default=Path(".cache/real_corpus/speech"))
+    screen.add_argument("--first", nargs="*", default=[], help="score these packages first")
+    screen.add_argument("--decide-only", action="store_true", help="apply the floors to what is scored, score nothing")
+    screen.add_argument("--ovrl", type=float, default=2.7, help="DNSMOS OVRL at least")
+    screen.add_argument("--bak", type=float, default=3.6, help="DNSMOS BAK at least")
+    screen.add_argument("--noise-floor", type=float, default=-30.0, help="noise floor at most, dB under the speech")
+    screen.add_argument("--clipping", type=float, default=0.001, help="fraction of clipped samples at most")
+    screen.add_argument("--high-band", type=float, default=-35.0, help="energy above 4 kHz at least, dB")
+    screen.add_argument("--threads", type=int, default=1)
+    screen.add_argument("--out", default=None, help="also write the table to this markdown file")
+    screen.set_defaults(run=_screen)
     bank = commands.add_parser("bank", help="build a bank of generated rooms for training (speechnorm/data/bank.py); "
                                "a stopped build resumes")
     bank.add_argument("--out", type=Path, default=Path(".cache/room_bank"), help="the bank's folder")

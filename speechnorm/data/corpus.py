@@ -128,6 +128,7 @@ def scan_rooms(rir_dir: str | Path) -> list[tuple[Path, int]]:
 
 class Corpus:
     """Clean speech and noise files (and optionally measured RIR rooms) for one split.
+    ``screened``: only the utterances ``speechnorm screen`` kept (``clean_dir/screen.csv``).
 
     A folder with a ``manifest.csv`` (``speechnorm data``) is split by its ``split`` column, which
     holds out whole speakers, and names each file's speaker and source package; other folders
@@ -135,7 +136,8 @@ class Corpus:
     """
 
     def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000,
-                 rir_dir: str | Path | None = None, quality_floor: dict[str, float] | None = None):
+                 rir_dir: str | Path | None = None, quality_floor: dict[str, float] | None = None,
+                 screened: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.sample_rate = sample_rate
@@ -143,6 +145,15 @@ class Corpus:
         self.clean = self._pick(scan(clean_dir), split, self.manifest)
         if quality_floor:
             self.clean = screen(self.clean, read_quality(clean_dir), quality_floor, f"{clean_dir} ({split})")
+        if screened:  # ``speechnorm screen``'s decisions (speechnorm/data/screen.py)
+            from .screen import read_kept
+
+            kept = read_kept(clean_dir)
+            chosen = [p for p in self.clean if str(Path(p).resolve()) in kept]
+            if not chosen:
+                raise ValueError(f"the screen of {clean_dir} keeps none of the {len(self.clean)} {split} utterances")
+            log.info("screened %s (%s): kept %d of %d utterances", clean_dir, split, len(chosen), len(self.clean))
+            self.clean = chosen
         self.noise = self._pick(scan(noise_dir), split, self.manifest)
         # noise by kind: recorded (real recordings from packages) or generated (the built-in kinds)
         self.noise_by_kind = {"noise": self.noise,

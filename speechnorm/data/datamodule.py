@@ -34,6 +34,8 @@ class EnhancementDataModule(L.LightningDataModule):
         personalize: items for personalized models (``dataset.Personalization``): {"interferers":
             [0, 2], "sir_db": [-5, 10], "embeddings_dir": ".cache/embeddings"}; each item then also
             holds the target speaker's embedding, from another utterance of that speaker.
+        speech_screen: train on the utterances ``speechnorm screen`` kept (DNSMOS, noise floor,
+            clipping, bandwidth: ``speechnorm.data.screen``); validation and test are not screened.
         room_bank: a bank of generated rooms (``speechnorm bank``): training items are then mixed on
             the fly from it (``mixing.BankMixtures``: a bank room with a random subset and order of
             its mics, speech crop, noise, SNR), ~25x faster than simulating each room. Validation
@@ -57,7 +59,7 @@ class EnhancementDataModule(L.LightningDataModule):
         sensor_snr_db: tuple[float, float] | None = None, noise_kinds: dict[str, float] | None = None,
         talker_snr_floor_db: float = 0.0, test_t60: tuple[float, float] | None = None,
         test_snr_db: tuple[float, float] | None = None, personalize: dict | None = None,
-        speech_quality_floor: dict[str, float] | None = None, room_bank: str | None = None,
+        speech_quality_floor: dict[str, float] | None = None, speech_screen: bool = False, room_bank: str | None = None,
         train_mics: tuple[int, int] = (2, 6),
     ):
         super().__init__()
@@ -106,7 +108,8 @@ class EnhancementDataModule(L.LightningDataModule):
         for split, size in sizes.items():
             corpus = corpora.setdefault(split, Corpus(clean, noise, "test" if split == "test_unseen" else split,
                                                       rir_dir=hp.rir_dir,
-                                                      quality_floor=hp.speech_quality_floor if split == "train" else None))
+                                                      quality_floor=hp.speech_quality_floor if split == "train" else None,
+                                                      screened=hp.speech_screen and split == "train"))
             if split == "train" and hp.room_bank:
                 self.datasets[split] = self._bank_items(corpus, size, spec)
                 continue

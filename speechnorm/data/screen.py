@@ -1,0 +1,196 @@
+"""Screening the training speech by what a listener hears (``speechnorm screen``).
+
+Per utterance, cheap measures (``measures``):
+- **noise floor**: the 10th percentile of its 20 ms frame levels under the 95th (dB; −45 is a
+  quiet room, −20 a noisy recording);
+- **clipping**: the fraction of samples in flat runs of 3 or more at the extremes;
+- **bandwidth**: the energy above 4 kHz relative to all of it, in active frames (dB; a file
+  band-limited to 4 kHz sits below −40).
+
+Per group of one speaker's consecutive utterances, joined with 0.2 s pauses to ~9 s (the length
+DNSMOS rates: a 1.5 s utterance alone is tiled to 9 s, whose joins it scores as artefacts, and
+costs as much), DNSMOS P.835 SIG, BAK and OVRL (``scoring.dnsmos``); each utterance takes its
+group's scores. 2,400 groups cover 5.6 h of speech, about 40 minutes on one core.
+
+Results go to ``SPEECH_DIR/screen-measures.csv`` (a row per utterance, appended as scored, so a
+stopped pass resumes); ``decide`` applies the floors and writes ``SPEECH_DIR/screen.csv`` (file,
+kept, reason) and the recipes' ``data.speech_screen: true`` trains on the kept utterances only.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+log = logging.getLogger(__name__)
+FRAME = 320
+GROUP_SECONDS = 9.0
+PAUSE = 0.2
+MEASURE_FIELDS = ["file", "group", "noise_floor_db", "clip_fraction", "high_band_db", "dnsmos_sig", "dnsmos_bak",
+                  "dnsmos_ovrl"]
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What a kept utterance must reach (the defaults keep what a listener would call clean)."""
+
+    dnsmos_ovrl: float = 2.7
+    dnsmos_bak: float = 3.6
+    noise_floor_db: float = -30.0  # at most
+    clip_fraction: float = 0.001  # at most
+    high_band_db: float = -35.0  # at least
+
+
+def measures(audio: np.ndarray, sample_rate: int = 16_000) -> dict[str, float]:
+    """Noise floor, clipping and high-band energy of one utterance (module docstring)."""
+    audio = np.asarray(audio, np.float64)
+    frames = len(audio) // FRAME
+    if frames < 2:
+        raise ValueError(f"an utterance of {len(audio)} samples is too short to measure (40 ms or more)")
+    power = np.mean(audio[: frames * FRAME].reshape(frames, FRAME) ** 2, axis=1) + 1e-12
+    level = 10 * np.log10(power)
+    floor = float(np.percentile(level, 10) - np.percentile(level, 95))
+    peak = np.abs(audio).max()
+    flat = 0
+    if peak > 0:
+        extreme = np.abs(audio) >= 0.98 * peak
+        same = np.concatenate([[False], np.diff(audio) == 0]) & extreme
+        # samples in runs of >= 3 equal extreme values
+        run = np.convolve(same.astype(int), np.ones(2, int), "same") >= 2
+        flat = int(np.count_nonzero(run & extreme))
+    active = level > np.percentile(level, 95) - 30
+    spectrum = np.abs(np.fft.rfft(audio[: frames * FRAME].reshape(frames, FRAME)[active] * np.hanning(FRAME), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(FRAME, 1 / sample_rate)
+    high = spectrum[:, freqs >= 4000].sum() / max(spectrum.sum(), 1e-20)
+    return {"noise_floor_db": floor, "clip_fraction": flat / len(audio), "high_band_db": float(10 * np.log10(high + 1e-12))}
+
+
+def groups(rows: list[dict], seconds: float = GROUP_SECONDS) -> list[list[dict]]:
+    """Consecutive utterances of one speaker (manifest order) joined up to ``seconds`` each."""
+    out, current, total, who = [], [], 0.0, None
+    for row in rows:
+        speaker = row.get("speaker") or row["file"].split("/")[0]
+        if current and (speaker != who or total >= seconds):
+            out.append(current)
+            current, total = [], 0.0
+        current.append(row)
+        total += float(row["seconds"]) + PAUSE
+        who = speaker
+    if current:
+        out.append(current)
+    return out
+
+
+def score(folder: str | Path, packages: list[str] | None = None, progress=None) -> int:
+    """Measure and DNSMOS-score every speech utterance of ``folder/manifest.csv`` not yet in
+    ``screen-measures.csv`` (``packages`` first); returns how many utterances were scored."""
+    from ..scoring import dnsmos
+
+    folder = Path(folder)
+    with open(folder / "manifest.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("kind", "speech") == "speech"]
+    out = folder / "screen-measures.csv"
+    done = set()
+    if out.exists():
+        with open(out, newline="") as handle:
+            done = {r["file"] for r in csv.DictReader(handle)}
+    first = packages or []
+    rows = [r for r in rows if r["file"] not in done]
+    rows.sort(key=lambda r: first.index(r["package"]) if r["package"] in first else len(first))
+    scored = 0
+    with open(out, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MEASURE_FIELDS)
+        if not done:
+            writer.writeheader()
+        for number, group in enumerate(groups(rows)):
+            pieces, measured = [], []
+            for row in group:
+                try:
+                    audio, rate = sf.read(folder / row["file"], dtype="float32", always_2d=True)
+                    audio = audio.mean(axis=1)
+                    measured.append((row, measures(audio, rate)))
+                    pieces += [audio, np.zeros(int(PAUSE * rate), np.float32)]
+                except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
+                    log.warning("skipping %s: %s", folder / row["file"], err)
+            if not measured:
+                continue
+            quality = dnsmos(torch.from_numpy(np.concatenate(pieces)), rate)
+            name = f"{measured[0][0]['file']}+{len(measured) - 1}"
+            for row, values in measured:
+                writer.writerow({"file": row["file"], "group": name, **{k: f"{v:.5g}" for k, v in values.items()},
+                                 **{k: f"{v:.4f}" for k, v in quality.items()}})
+            handle.flush()
+            scored += len(measured)
+            if progress is not None and number % 50 == 0:
+                progress(f"screen: {scored} utterances scored")
+    return scored
+
+
+def decide(folder: str | Path, floors: Floors = Floors()) -> dict[str, dict]:
+    """Apply ``floors`` to ``screen-measures.csv`` and write ``screen.csv`` (file, kept, reason).
+    Returns {file: {kept, reason, package, speaker, split, seconds, dnsmos_ovrl}} for reports. An
+    utterance not measured yet is not kept (reason "unscored")."""
+    folder = Path(folder)
+    path = folder / "screen-measures.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `speechnorm screen --speech-dir {folder}` first")
+    with open(path, newline="") as handle:
+        values = {r["file"]: r for r in csv.DictReader(handle)}
+    with open(folder / "manifest.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("kind", "speech") == "speech"]
+    decisions = {}
+    for row in rows:
+        got = values.get(row["file"])
+        reason = "unscored" if got is None else _failure(got, floors)
+        decisions[row["file"]] = {"kept": reason == "", "reason": reason, "package": row["package"],
+                                  "speaker": row["speaker"], "split": row["split"], "seconds": float(row["seconds"]),
+                                  "dnsmos_ovrl": float(got["dnsmos_ovrl"]) if got else float("nan")}
+    with open(folder / "screen.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "kept", "reason"])
+        for file, d in decisions.items():
+            writer.writerow([file, int(d["kept"]), d["reason"]])
+    (folder / "screen-floors.txt").write_text(repr(asdict(floors)) + "\n")
+    return decisions
+
+
+def _failure(values: dict, floors: Floors) -> str:
+    checks = [("dnsmos_ovrl", float(values["dnsmos_ovrl"]) >= floors.dnsmos_ovrl),
+              ("dnsmos_bak", float(values["dnsmos_bak"]) >= floors.dnsmos_bak),
+              ("noise_floor_db", float(values["noise_floor_db"]) <= floors.noise_floor_db),
+              ("clip_fraction", float(values["clip_fraction"]) <= floors.clip_fraction),
+              ("high_band_db", float(values["high_band_db"]) >= floors.high_band_db)]
+    return ",".join(name for name, ok in checks if not ok)
+
+
+def read_kept(folder: str | Path) -> set[str]:
+    """Resolved paths of the utterances ``screen.csv`` keeps."""
+    path = Path(folder) / "screen.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `speechnorm screen --speech-dir {folder}`")
+    with open(path, newline="") as handle:
+        return {str((Path(folder) / r["file"]).resolve()) for r in csv.DictReader(handle) if r["kept"] == "1"}
+
+
+def report(decisions: dict[str, dict]) -> str:
+    """Markdown: hours and voices per source and split, before and after the screen, and the median
+    DNSMOS OVRL of what is kept."""
+    lines = ["| split | source | hours | kept hours | voices | kept voices | median OVRL kept |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    keys = sorted({(d["split"], d["package"]) for d in decisions.values()})
+    for split, package in keys + [(s, "all") for s in ("train", "val", "test")]:
+        chosen = [d for d in decisions.values() if d["split"] == split and package in ("all", d["package"])]
+        if not chosen:
+            continue
+        kept = [d for d in chosen if d["kept"]]
+        median = np.median([d["dnsmos_ovrl"] for d in kept]) if kept else float("nan")
+        lines.append(f"| {split} | {package} | {sum(d['seconds'] for d in chosen) / 3600:.2f} | "
+                     f"{sum(d['seconds'] for d in kept) / 3600:.2f} | {len({d['speaker'] for d in chosen})} | "
+                     f"{len({d['speaker'] for d in kept})} | {median:.2f} |")
+    return "\n".join(lines)
