@@ -145,10 +145,10 @@ def _screen(args: argparse.Namespace) -> int:
         print(f"speechnorm screen: {args.speech_dir}/manifest.csv is missing: build the corpus with `speechnorm data`",
               file=sys.stderr)
         return 2
-    if not args.decide_only:
-        screen.score(args.speech_dir, packages=args.first, progress=lambda line: print(line, flush=True))
     floors = screen.Floors(dnsmos_ovrl=args.ovrl, dnsmos_bak=args.bak, noise_floor_db=args.noise_floor,
                            clip_fraction=args.clipping, high_band_db=args.high_band)
+    if not args.decide_only:
+        screen.score(args.speech_dir, floors, packages=args.first, progress=lambda line: print(line, flush=True))
     table = screen.report(screen.decide(args.speech_dir, floors))
     print(table)
     if args.out:

@@ -10,11 +10,12 @@ Per utterance, cheap measures (``measures``):
 Per group of one speaker's consecutive utterances, joined with 0.2 s pauses to ~9 s (the length
 DNSMOS rates: a 1.5 s utterance alone is tiled to 9 s, whose joins it scores as artefacts, and
 costs as much), DNSMOS P.835 SIG, BAK and OVRL (``scoring.dnsmos``); each utterance takes its
-group's scores. 2,400 groups cover 5.6 h of speech, about 40 minutes on one core.
+group's scores.
 
-Results go to ``SPEECH_DIR/screen-measures.csv`` (a row per utterance, appended as scored, so a
-stopped pass resumes); ``decide`` applies the floors and writes ``SPEECH_DIR/screen.csv`` (file,
-kept, reason) and the recipes' ``data.speech_screen: true`` trains on the kept utterances only.
+The cheap measures go to ``SPEECH_DIR/screen-measures.csv``; only utterances that pass their floors
+are DNSMOS-scored (``screen-dnsmos.csv``). Both grow row by row, so a stopped pass resumes.
+``decide`` applies the floors and writes ``SPEECH_DIR/screen.csv`` (file, kept, reason); the recipes'
+``data.speech_screen: true`` trains on the kept utterances only.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 FRAME = 320
 GROUP_SECONDS = 9.0
 PAUSE = 0.2
-MEASURE_FIELDS = ["file", "group", "noise_floor_db", "clip_fraction", "high_band_db", "dnsmos_sig", "dnsmos_bak",
-                  "dnsmos_ovrl"]
+CHEAP_FIELDS = ["file", "noise_floor_db", "clip_fraction", "high_band_db"]
+DNSMOS_FIELDS = ["file", "group", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"]
 
 
 @dataclass(frozen=True)
@@ -87,85 +88,104 @@ def groups(rows: list[dict], seconds: float = GROUP_SECONDS) -> list[list[dict]]
     return out
 
 
-def score(folder: str | Path, packages: list[str] | None = None, progress=None) -> int:
-    """Measure and DNSMOS-score every speech utterance of ``folder/manifest.csv`` not yet in
-    ``screen-measures.csv`` (``packages`` first); returns how many utterances were scored."""
+def _read(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        return {r["file"]: r for r in csv.DictReader(handle)}
+
+
+def _speech_rows(folder: Path) -> list[dict]:
+    with open(folder / "manifest.csv", newline="") as handle:
+        return [r for r in csv.DictReader(handle) if r.get("kind", "speech") == "speech"]
+
+
+def score(folder: str | Path, floors: "Floors" = None, packages: list[str] | None = None, progress=None) -> int:
+    """Measure every speech utterance of ``folder/manifest.csv`` (``screen-measures.csv``), then
+    DNSMOS-score, in groups, those that pass the cheap ``floors`` (``screen-dnsmos.csv``;
+    ``packages`` first). Both files grow row by row, so a stopped pass resumes. Returns how many
+    utterances DNSMOS scored."""
     from ..scoring import dnsmos
 
-    folder = Path(folder)
-    with open(folder / "manifest.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("kind", "speech") == "speech"]
-    out = folder / "screen-measures.csv"
-    done = set()
-    if out.exists():
-        with open(out, newline="") as handle:
-            done = {r["file"] for r in csv.DictReader(handle)}
-    first = packages or []
-    rows = [r for r in rows if r["file"] not in done]
-    rows.sort(key=lambda r: first.index(r["package"]) if r["package"] in first else len(first))
-    scored = 0
-    with open(out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MEASURE_FIELDS)
-        if not done:
+    folder, floors = Path(folder), floors or Floors()
+    rows = _speech_rows(folder)
+    cheap_path, dnsmos_path = folder / "screen-measures.csv", folder / "screen-dnsmos.csv"
+    cheap = _read(cheap_path)
+    with open(cheap_path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CHEAP_FIELDS)
+        if not cheap:
             writer.writeheader()
-        for number, group in enumerate(groups(rows)):
-            pieces, measured = [], []
-            for row in group:
-                try:
-                    audio, rate = sf.read(folder / row["file"], dtype="float32", always_2d=True)
-                    audio = audio.mean(axis=1)
-                    measured.append((row, measures(audio, rate)))
-                    pieces += [audio, np.zeros(int(PAUSE * rate), np.float32)]
-                except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
-                    log.warning("skipping %s: %s", folder / row["file"], err)
-            if not measured:
+        for row in rows:
+            if row["file"] in cheap:
                 continue
+            try:
+                audio, rate = sf.read(folder / row["file"], dtype="float32", always_2d=True)
+                values = {k: f"{v:.5g}" for k, v in measures(audio.mean(axis=1), rate).items()}
+            except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as err:
+                log.warning("skipping %s: %s", folder / row["file"], err)
+                values = {k: "nan" for k in CHEAP_FIELDS[1:]}
+            cheap[row["file"]] = {"file": row["file"], **values}
+            writer.writerow(cheap[row["file"]])
+    scored = _read(dnsmos_path)
+    first = packages or []
+    todo = [r for r in rows if r["file"] not in scored and _failure(cheap[r["file"]], floors, cheap_only=True) == ""]
+    todo.sort(key=lambda r: first.index(r["package"]) if r["package"] in first else len(first))
+    count = 0
+    with open(dnsmos_path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=DNSMOS_FIELDS)
+        if not scored:
+            writer.writeheader()
+        for number, group in enumerate(groups(todo)):
+            pieces = []
+            for row in group:
+                audio, rate = sf.read(folder / row["file"], dtype="float32", always_2d=True)
+                pieces += [audio.mean(axis=1), np.zeros(int(PAUSE * rate), np.float32)]
             quality = dnsmos(torch.from_numpy(np.concatenate(pieces)), rate)
-            name = f"{measured[0][0]['file']}+{len(measured) - 1}"
-            for row, values in measured:
-                writer.writerow({"file": row["file"], "group": name, **{k: f"{v:.5g}" for k, v in values.items()},
-                                 **{k: f"{v:.4f}" for k, v in quality.items()}})
+            name = f"{group[0]['file']}+{len(group) - 1}"
+            for row in group:
+                writer.writerow({"file": row["file"], "group": name, **{k: f"{v:.4f}" for k, v in quality.items()}})
             handle.flush()
-            scored += len(measured)
-            if progress is not None and number % 50 == 0:
-                progress(f"screen: {scored} utterances scored")
-    return scored
+            count += len(group)
+            if progress is not None and number % 25 == 0:
+                progress(f"screen: {count} of {len(todo)} utterances scored by DNSMOS")
+    return count
 
 
 def decide(folder: str | Path, floors: Floors = Floors()) -> dict[str, dict]:
-    """Apply ``floors`` to ``screen-measures.csv`` and write ``screen.csv`` (file, kept, reason).
-    Returns {file: {kept, reason, package, speaker, split, seconds, dnsmos_ovrl}} for reports. An
-    utterance not measured yet is not kept (reason "unscored")."""
+    """Apply ``floors`` to the measures and write ``screen.csv`` (file, kept, reason). Returns
+    {file: {kept, reason, package, speaker, split, seconds, dnsmos_ovrl}} for reports. An
+    utterance not measured or not DNSMOS-scored yet is not kept (reason "unscored")."""
     folder = Path(folder)
-    path = folder / "screen-measures.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `speechnorm screen --speech-dir {folder}` first")
-    with open(path, newline="") as handle:
-        values = {r["file"]: r for r in csv.DictReader(handle)}
-    with open(folder / "manifest.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("kind", "speech") == "speech"]
+    cheap, scores = _read(folder / "screen-measures.csv"), _read(folder / "screen-dnsmos.csv")
+    if not cheap:
+        raise FileNotFoundError(f"{folder / 'screen-measures.csv'} is missing: run `speechnorm screen --speech-dir {folder}` first")
     decisions = {}
-    for row in rows:
-        got = values.get(row["file"])
-        reason = "unscored" if got is None else _failure(got, floors)
+    for row in _speech_rows(folder):
+        values = {**cheap.get(row["file"], {}), **scores.get(row["file"], {})}
+        reason = _failure(values, floors) if row["file"] in cheap else "unscored"
         decisions[row["file"]] = {"kept": reason == "", "reason": reason, "package": row["package"],
                                   "speaker": row["speaker"], "split": row["split"], "seconds": float(row["seconds"]),
-                                  "dnsmos_ovrl": float(got["dnsmos_ovrl"]) if got else float("nan")}
+                                  "dnsmos_ovrl": float(values.get("dnsmos_ovrl", "nan"))}
     with open(folder / "screen.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "kept", "reason"])
         for file, d in decisions.items():
             writer.writerow([file, int(d["kept"]), d["reason"]])
-    (folder / "screen-floors.txt").write_text(repr(asdict(floors)) + "\n")
     return decisions
 
 
-def _failure(values: dict, floors: Floors) -> str:
-    checks = [("dnsmos_ovrl", float(values["dnsmos_ovrl"]) >= floors.dnsmos_ovrl),
-              ("dnsmos_bak", float(values["dnsmos_bak"]) >= floors.dnsmos_bak),
-              ("noise_floor_db", float(values["noise_floor_db"]) <= floors.noise_floor_db),
-              ("clip_fraction", float(values["clip_fraction"]) <= floors.clip_fraction),
-              ("high_band_db", float(values["high_band_db"]) >= floors.high_band_db)]
+def _failure(values: dict, floors: Floors, cheap_only: bool = False) -> str:
+    """The floors ``values`` misses, comma-separated ("" when it passes); a missing DNSMOS score is "unscored"."""
+    number = lambda key: float(values.get(key, "nan"))
+    checks = [("noise_floor_db", number("noise_floor_db") <= floors.noise_floor_db),
+              ("clip_fraction", number("clip_fraction") <= floors.clip_fraction),
+              ("high_band_db", number("high_band_db") >= floors.high_band_db)]
+    failed = [name for name, ok in checks if not ok]
+    if cheap_only or failed:
+        return ",".join(failed)
+    if "dnsmos_ovrl" not in values:
+        return "unscored"
+    checks = [("dnsmos_ovrl", number("dnsmos_ovrl") >= floors.dnsmos_ovrl), ("dnsmos_bak", number("dnsmos_bak") >= floors.dnsmos_bak)]
     return ",".join(name for name, ok in checks if not ok)
 
 

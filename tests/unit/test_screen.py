@@ -70,13 +70,18 @@ def test_decisions_reach_the_training_corpus(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `speechnorm screen"):
         Corpus(speech, noise, "train", screened=True)
     with open(speech / "screen-measures.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=screen.MEASURE_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=screen.CHEAP_FIELDS)
         writer.writeheader()
-        for i, ovrl in enumerate([3.1, 2.2, 3.0]):  # u3 is not scored: not kept
-            writer.writerow({"file": f"u{i}.flac", "group": "g", "noise_floor_db": -50, "clip_fraction": 0,
-                             "high_band_db": -20, "dnsmos_sig": 3.5, "dnsmos_bak": 4.0, "dnsmos_ovrl": ovrl})
+        for i in range(4):  # u3 is clipped: never DNSMOS-scored
+            writer.writerow({"file": f"u{i}.flac", "noise_floor_db": -50, "clip_fraction": 0.01 if i == 3 else 0,
+                             "high_band_db": -20})
+    with open(speech / "screen-dnsmos.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=screen.DNSMOS_FIELDS)
+        writer.writeheader()
+        for i, ovrl in enumerate([3.1, 2.2]):  # u2 passes the cheap floors but is not scored yet: not kept
+            writer.writerow({"file": f"u{i}.flac", "group": "g", "dnsmos_sig": 3.5, "dnsmos_bak": 4.0, "dnsmos_ovrl": ovrl})
     decisions = screen.decide(speech)
-    assert [d["reason"] for d in decisions.values()] == ["", "dnsmos_ovrl", "", "unscored"]
+    assert [d["reason"] for d in decisions.values()] == ["", "dnsmos_ovrl", "unscored", "clip_fraction"]
     corpus = Corpus(speech, noise, "train", screened=True)
-    assert sorted(p.name for p in corpus.clean) == ["u0.flac", "u2.flac"]
-    assert "| train | p | 0.00 | 0.00 | 2 | 1 | 3.05 |" in screen.report(decisions)  # u0, u2: both s0
+    assert [p.name for p in corpus.clean] == ["u0.flac"]
+    assert "| train | p | 0.00 | 0.00 | 2 | 1 | 3.10 |" in screen.report(decisions)
