@@ -31,7 +31,7 @@ def test_noise_floor_is_the_quiet_frames_under_the_loud_ones():
 
 def test_clipping_counts_flat_tops():
     voice = _voice()
-    assert screen.measures(voice)["clip_fraction"] == 0
+    assert screen.measures(voice)["clip_fraction"] < 0.002  # a handful of samples near the peak
     clipped = np.clip(voice * 4, -0.3, 0.3)  # the loud half of each syllable is cut flat
     assert screen.measures(clipped)["clip_fraction"] > 0.05
 
