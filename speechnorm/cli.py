@@ -162,6 +162,8 @@ def _data(args: argparse.Namespace) -> int:
     from .data import festival, packages, synthetic
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.pack is not None and (args.root / "speech" / "manifest.csv").exists():
+        return _pack(args)
     cache = args.cache or str(args.root / "cache")
     espeak = None
     if args.espeak_utterances > 0:
@@ -177,6 +179,20 @@ def _data(args: argparse.Namespace) -> int:
     print(packages.summary(root))
     print(f"\ncorpus: {root}/speech and {root}/noise (manifest.csv in each); train with "
           f"data.clean_dir={root}/speech data.noise_dir={root}/noise")
+    return _pack(args) if args.pack is not None else 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from .data import pack
+
+    try:
+        done = pack.write(args.pack, args.root / "speech", args.root / "noise", budget_mib=args.budget_mib,
+                          screened=not args.unscreened)
+    except (pack.PackError, FileNotFoundError) as err:
+        print(f"speechnorm data: {err}", file=sys.stderr)
+        return 2
+    print(f"pack {args.pack}: {done['bytes'] / 2**20:.1f} MiB; speech {done['speech']['hours']} h, "
+          f"{done['speech']['voices']} voices, {done['speech']['entries']} utterances; noise {done['noise']['hours']} h")
     return 0
 
 
@@ -267,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--festival-utterances", type=int, default=40,
                       help="sentences per installed Festival voice added as extra training voices (0: none; "
                            "speechnorm/data/festival.py lists the voices' packages)")
+    data.add_argument("--pack", type=Path, default=None, help="also write (or, for a built corpus, only write) a "
+                      "corpus pack here: screened speech and noise as Ogg Opus within --budget-mib (speechnorm/data/pack.py)")
+    data.add_argument("--budget-mib", type=float, default=30.0, help="the pack's size budget")
+    data.add_argument("--unscreened", action="store_true", help="pack all training speech, not only what "
+                      "`speechnorm screen` kept")
     data.set_defaults(run=_data)
     screen = commands.add_parser("screen", help="screen the corpus's speech: DNSMOS per ~9 s group of a speaker, noise "
                                  "floor, clipping, bandwidth (speechnorm/data/screen.py); resumes")
