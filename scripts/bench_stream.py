@@ -2,7 +2,7 @@
 
     python scripts/bench_stream.py                              # every backend, every model and size, M = 1, 4, 8
     python scripts/bench_stream.py --backend onnx --models tac_gru --sizes small
-    python scripts/bench_stream.py --graphs old/model.onnx models/tac_gru_online_small/model.onnx   # exported files, same run
+    python scripts/bench_stream.py --graphs old/model.onnx models/tac_gru_online_small_v2/model.onnx   # exported files, same run
 
 Backends: ``torch`` (eager ``model.step``), ``torchscript`` (the same step traced and frozen; a
 speed reference, not a serving path: tracing drops the per-frame NaN check) and ``onnx`` (the

@@ -1,7 +1,7 @@
 """The real-speech evaluation set: every system on the same clips, from one scoring path, per condition.
 
     speechnorm data                                          # the corpus (once)
-    python scripts/evaluate_real.py --model models/tac_gru_online_small --model runs/real_rooms/checkpoints/last.ckpt
+    python scripts/evaluate_real.py --model models/tac_gru_online_small_v2 --model runs/real_rooms/checkpoints/last.ckpt
     python scripts/evaluate_real.py --items 12 --out /tmp/real   # quicker
 
 Clips: the ``test_unseen`` split of ``recipes/real_rooms/conf.yaml`` (48 clips; ``--splits test

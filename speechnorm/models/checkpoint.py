@@ -1,7 +1,7 @@
 """Load a trained model from a training checkpoint or a released model folder, without the
 training code: the checkpoint's hyper-parameters name the model, its ``model.*`` weights fill it.
 
-    model, info = load_model("models/tac_gru_online_small")   # or runs/.../last.ckpt
+    model, info = load_model("models/tac_gru_online_small_v2")   # or runs/.../last.ckpt
 
 The one loader of the project: evaluation, export, streaming and the release script all use it,
 so one checkpoint is one model everywhere. ``info`` holds the checkpoint's model hyper-parameters

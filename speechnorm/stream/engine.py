@@ -1,6 +1,6 @@
 """``StreamingEnhancer``: any number of samples in, what is ready out, one stream's state.
 
-    engine = StreamingEnhancer.from_path("models/tac_gru_online_small", mics=4)
+    engine = StreamingEnhancer.from_path("models/tac_gru_online_small_v2", mics=4)
     for chunk in chunks:                 # (M, n) float32 at the model's rate, any n >= 0
         out = engine.process(chunk)      # (k,): the enhanced samples ready so far
     out = engine.flush()                 # the rest; in total exactly as many samples as went in

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "tac_gru_online_small"
+MODEL = ROOT / "models" / "tac_gru_online_small_v2"
 BATCHED_MODEL = ROOT / "models" / "tac_gru_online_small_v2"  # exported with the batched step graph
 EXAMPLE = ROOT / "speechnorm" / "assets" / "example_4mic.flac"
 CLIENT = """
