@@ -85,3 +85,49 @@ def tiny_export(tmp_path_factory):
     checkpoint = save_checkpoint(root / "model.ckpt", hidden=32, layers=1)
     export_model(checkpoint, root, max_mics=6)
     return root, checkpoint
+
+
+PACK_FIELDS = ["file", "kind", "speaker", "language", "package", "version", "licence", "seconds", "split"]
+
+
+def _pack_voice(seconds, f0, seed):
+    import numpy as np
+
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    harmonics = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 30) if k * f0 < 7500)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t + seed)
+    return (0.3 * harmonics / np.abs(harmonics).max() * envelope).astype(np.float32)
+
+
+@pytest.fixture()
+def pack_corpus(tmp_path):
+    """A `speechnorm data` corpus in miniature: 5 utterances of 4 speakers over the splits (one screened
+    out of training), 3 noise pieces, manifests and screen.csv."""
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp_path / "corpus"
+    for kind in ("speech", "noise"):
+        (root / kind).mkdir(parents=True)
+    rows = {"speech": [], "noise": []}
+    for i, (split, speaker) in enumerate([("train", "a"), ("train", "b"), ("train", "a"), ("val", "c"), ("test", "d")]):
+        sf.write(root / "speech" / f"u{i}.flac", _pack_voice(1.5 + 0.25 * i, 110 + 30 * i, i), 16_000)
+        rows["speech"].append({"file": f"u{i}.flac", "kind": "speech", "speaker": speaker, "language": "xx",
+                               "package": "pkg", "version": "1", "licence": "CC0", "seconds": 1.5 + 0.25 * i, "split": split})
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(root / "noise" / f"n{i}.flac", (0.05 * rng.standard_normal(2 * 16_000)).astype(np.float32), 16_000)
+        rows["noise"].append({"file": f"n{i}.flac", "kind": "noise", "speaker": "", "language": "", "package": "pkg",
+                              "version": "1", "licence": "CC0", "seconds": 2.0, "split": ["train", "val", "test"][i]})
+    for kind, kind_rows in rows.items():
+        with open(root / kind / "manifest.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=PACK_FIELDS)
+            writer.writeheader()
+            writer.writerows(kind_rows)
+    with open(root / "speech" / "screen.csv", "w", newline="") as handle:
+        handle.write("file,kept,reason\nu0.flac,1,\nu1.flac,0,dnsmos_ovrl\nu2.flac,1,\nu3.flac,1,\nu4.flac,1,\n")
+    return root
+
+

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio_io import AudioFileError, read_audio
-
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +42,8 @@ class SignalPool:
     def from_files(cls, files: list[Path], labels: list[str], sample_rate: int = 16_000,
                    dtype: torch.dtype = torch.float32) -> "SignalPool":
         """Decode ``files`` (mono mix, resampled to ``sample_rate``); unreadable ones are reported and left out."""
+        from .audio_io import AudioFileError, read_audio
+
         pieces, kept, names = [], [], []
         for path, label in zip(files, labels):
             try:
