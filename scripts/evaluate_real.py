@@ -24,7 +24,8 @@ personalized models get (plain models and peers run as always); the report adds 
 conditions by number of competing talkers; ``--talkers 1 --sir-db 0`` gives every clip exactly one
 competing talker at 0 dB (``--talkers 0``: noise only). ``--wrong-enrollment`` adds each personalized model
 enrolled with another speaker (the split's least similar embedding): a model that follows its
-enrollment loses the target there. ``--target-row`` scores the target itself beside the systems:
+enrollment loses the target there. ``--clean-targets 2.8``: the clean-target set, whose test
+utterances are only those the speech screen scored at a dry DNSMOS OVRL of 2.8 or more. ``--target-row`` scores the target itself beside the systems:
 its DNSMOS is what a perfect system would get on these clips.
 """
 
@@ -85,7 +86,8 @@ class NotPersonalized(ValueError):
     """--talkers or --sir-db on a recipe whose clips have no competing talkers."""
 
 
-def clips(config: str, items: int | None, splits: list[str], talkers: int | None = None, sir_db: float | None = None):
+def clips(config: str, items: int | None, splits: list[str], talkers: int | None = None, sir_db: float | None = None,
+          min_dry_ovrl: float | None = None):
     """(split, index, plan, noisy (M, N), clean (N,), speaker (D,) or None) of the recipe's test splits.
     ``talkers``, ``sir_db``: a personalized recipe's clips with exactly that many competing talkers,
     at exactly that SIR. Each clip keeps its conditions (noise kind, SNR, T60, mic count), target
@@ -102,6 +104,8 @@ def clips(config: str, items: int | None, splits: list[str], talkers: int | None
         if sir_db is not None:
             personalize["sir_db"] = [sir_db, sir_db]
         data_args = {**data_args, "personalize": personalize}
+    if min_dry_ovrl is not None:
+        data_args = {**data_args, "test_min_dry_ovrl": min_dry_ovrl}
     data = EnhancementDataModule(**data_args)
     data.setup()
     for split in splits:
@@ -138,6 +142,9 @@ def main(argv=None) -> int:
                         help="personalized: every clip has exactly N competing talkers (default: the recipe's 0-2)")
     parser.add_argument("--sir-db", type=float, default=None,
                         help="personalized: every competing talker at this SIR, dB (default: the recipe's range)")
+    parser.add_argument("--clean-targets", type=float, default=None, metavar="OVRL",
+                        help="the clean-target set: test utterances whose dry DNSMOS OVRL (speechnorm screen) is at "
+                             "least OVRL (2.8), the same rooms and noise conditions")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     # every system takes (noisy, speaker): only a personalized model uses the speaker
@@ -160,7 +167,7 @@ def main(argv=None) -> int:
         if args.wrong_enrollment and runner.personalized:
             systems[f"{name} (wrong enrollment)"] = systems[name]
             wrong.add(f"{name} (wrong enrollment)")
-    produced = clips(args.config, args.items, args.splits, args.talkers, args.sir_db)
+    produced = clips(args.config, args.items, args.splits, args.talkers, args.sir_db, args.clean_targets)
     try:  # the recipe is checked before the first clip: a usage error, and only that one
         first = next(produced, None)
     except NotPersonalized as err:

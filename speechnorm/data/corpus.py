@@ -129,6 +129,7 @@ def scan_rooms(rir_dir: str | Path) -> list[tuple[Path, int]]:
 class Corpus:
     """Clean speech and noise files (and optionally measured RIR rooms) for one split.
     ``screened``: only the utterances ``speechnorm screen`` kept (``clean_dir/screen.csv``).
+    ``min_dry_ovrl``: only utterances whose dry DNSMOS OVRL (the screen's scores) reaches it.
 
     A folder with a ``manifest.csv`` (``speechnorm data``) is split by its ``split`` column, which
     holds out whole speakers, and names each file's speaker and source package; other folders
@@ -137,7 +138,7 @@ class Corpus:
 
     def __init__(self, clean_dir: str | Path, noise_dir: str | Path, split: str, sample_rate: int = 16_000,
                  rir_dir: str | Path | None = None, quality_floor: dict[str, float] | None = None,
-                 screened: bool = False):
+                 screened: bool = False, min_dry_ovrl: float | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.sample_rate = sample_rate
@@ -153,6 +154,15 @@ class Corpus:
             if not chosen:
                 raise ValueError(f"the screen of {clean_dir} keeps none of the {len(self.clean)} {split} utterances")
             log.info("screened %s (%s): kept %d of %d utterances", clean_dir, split, len(chosen), len(self.clean))
+            self.clean = chosen
+        if min_dry_ovrl is not None:  # clean targets: the utterances the screen scored this well, dry
+            from .screen import read_dnsmos
+
+            scores = read_dnsmos(clean_dir)
+            chosen = [p for p in self.clean if scores.get(str(Path(p).resolve()), float("-inf")) >= min_dry_ovrl]
+            if not chosen:
+                raise ValueError(f"no {split} utterance of {clean_dir} has a dry DNSMOS OVRL of {min_dry_ovrl} or more "
+                                 "(scored by `speechnorm screen`)")
             self.clean = chosen
         self.noise = self._pick(scan(noise_dir), split, self.manifest)
         # noise by kind: recorded (real recordings from packages) or generated (the built-in kinds)

@@ -36,6 +36,8 @@ class EnhancementDataModule(L.LightningDataModule):
             holds the target speaker's embedding, from another utterance of that speaker.
         speech_screen: train on the utterances ``speechnorm screen`` kept (DNSMOS, noise floor,
             clipping, bandwidth: ``speechnorm.data.screen``); validation and test are not screened.
+        test_min_dry_ovrl: test splits of clean targets only: utterances whose dry DNSMOS OVRL
+            (``speechnorm screen``) is at least this (the clean-target evaluation set: 2.8).
         room_bank: a bank of generated rooms (``speechnorm bank``): training items are then mixed on
             the fly from it (``mixing.BankMixtures``: a bank room with a random subset and order of
             its mics, speech crop, noise, SNR), ~25x faster than simulating each room. Validation
@@ -60,6 +62,7 @@ class EnhancementDataModule(L.LightningDataModule):
         talker_snr_floor_db: float = 0.0, test_t60: tuple[float, float] | None = None,
         test_snr_db: tuple[float, float] | None = None, personalize: dict | None = None,
         speech_quality_floor: dict[str, float] | None = None, speech_screen: bool = False, room_bank: str | None = None,
+        test_min_dry_ovrl: float | None = None,
         train_mics: tuple[int, int] = (2, 6),
     ):
         super().__init__()
@@ -109,7 +112,8 @@ class EnhancementDataModule(L.LightningDataModule):
             corpus = corpora.setdefault(split, Corpus(clean, noise, "test" if split == "test_unseen" else split,
                                                       rir_dir=hp.rir_dir,
                                                       quality_floor=hp.speech_quality_floor if split == "train" else None,
-                                                      screened=hp.speech_screen and split == "train"))
+                                                      screened=hp.speech_screen and split == "train",
+                                                      min_dry_ovrl=hp.test_min_dry_ovrl if split.startswith("test") else None))
             if split == "train" and hp.room_bank:
                 self.datasets[split] = self._bank_items(corpus, size, spec)
                 continue

@@ -188,6 +188,12 @@ def _failure(values: dict, floors: Floors, cheap_only: bool = False) -> str:
     return ",".join(name for name, ok in checks if not ok)
 
 
+def read_dnsmos(folder: str | Path) -> dict[str, float]:
+    """{resolved path: dry DNSMOS OVRL} of the utterances the screen scored (``screen-dnsmos.csv``)."""
+    return {str((Path(folder) / file).resolve()): float(row["dnsmos_ovrl"])
+            for file, row in _read(Path(folder) / "screen-dnsmos.csv").items()}
+
+
 def read_kept(folder: str | Path) -> set[str]:
     """Resolved paths of the utterances ``screen.csv`` keeps."""
     path = Path(folder) / "screen.csv"
