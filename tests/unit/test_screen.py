@@ -85,3 +85,17 @@ def test_decisions_reach_the_training_corpus(tmp_path):
     corpus = Corpus(speech, noise, "train", screened=True)
     assert [p.name for p in corpus.clean] == ["u0.flac"]
     assert "| train | p | 0.00 | 0.00 | 2 | 1 | 3.10 |" in screen.report(decisions)
+
+
+def test_clean_target_set_keeps_utterances_scored_clean_dry(tmp_path):
+    speech, noise = tmp_path / "speech", tmp_path / "noise"
+    speech.mkdir(), noise.mkdir()
+    for i in range(3):
+        sf.write(speech / f"t{i}.flac", _voice(seed=i).astype(np.float32), FS)
+    sf.write(noise / "n.flac", (0.1 * np.random.default_rng(0).standard_normal(FS)).astype(np.float32), FS)
+    with open(speech / "screen-dnsmos.csv", "w", newline="") as handle:
+        handle.write("file,group,dnsmos_sig,dnsmos_bak,dnsmos_ovrl\nt0.flac,g,3,4,2.95\nt1.flac,g,3,4,2.5\n")
+    corpus = Corpus(speech, noise, "test", min_dry_ovrl=2.8)
+    assert [p.name for p in corpus.clean] == ["t0.flac"]  # t1 below, t2 never scored
+    with pytest.raises(ValueError, match="no test utterance .* of 3.5 or more"):
+        Corpus(speech, noise, "test", min_dry_ovrl=3.5)
