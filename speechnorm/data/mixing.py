@@ -5,7 +5,8 @@ One code path for a CPU DataLoader and a batched GPU loop:
    random subset and order of its mics, a speech crop, noise sources (recorded or generated noise,
    babble of 3-8 other talkers, or one competing talker), the SNR, sensor noise, mic gains and level.
 2. ``mix`` (torch, on the device of the pools and the bank) gathers the crops, convolves them with
-   the rooms' responses by FFT in one batched call, and sets the levels. The target is the speech
+   the rooms' responses by FFT in one batched call (circularly over the item: a crop is one period
+   of a periodic signal), and sets the levels. The target is the speech
    through the direct sound + first 50 ms at the reference mic (the first chosen one).
 
 ``BankMixtures`` is the Dataset over these (``__getitems__`` mixes a whole batch at once); the
@@ -18,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -174,19 +174,18 @@ def mix(plans: Plans, speech: SignalPool, noise: SignalPool, bank: RoomBank, sec
     sources = torch.zeros(len(pairs), samples, device=device)
     sources.index_add_(0, torch.from_numpy(pair_of_crop.reshape(-1)).to(device), crops)
 
-    # the talker's convolutions in one FFT size for the whole batch; noise only through the positions in use
-    size = scipy.fft.next_fast_len(samples + rir.shape[-1] - 1, real=True)
-    speech_f = torch.fft.rfft(clean, n=size)  # (B, F)
-    talker_f = torch.fft.rfft(rir[:, 0], n=size)  # (B, M, F)
-    reverberant = torch.fft.irfft(speech_f[:, None] * talker_f, n=size)[..., :samples]  # (B, M, N)
+    # Every convolution is circular over the item's N samples: the crop is taken as one period of a
+    # periodic signal, so its steady-state response has no build-up from silence at the start (the
+    # tail of the crop's end stands in for the reverberation of what preceded it), and every FFT is N
+    # long (a 3 s item: 48,000 = 2^7 3 5^3 points) instead of N + the response length.
+    folded = _fold(rir, samples)  # (B, S, M, N)
+    speech_f = torch.fft.rfft(clean)  # (B, F)
+    reverberant = torch.fft.irfft(speech_f[:, None] * torch.fft.rfft(folded[:, 0]), n=samples)  # (B, M, N)
     pair_item_t = torch.from_numpy(pair_item).to(device)
     # The noise crops are tiled (periodic) signals: their steady-state response is the circular
     # convolution over one period, N samples (shorter FFTs, and no build-up from silence at the start).
-    noise_rir = rir[pair_item_t, torch.from_numpy(pair_position).to(device)]  # (K, M, L)
-    if noise_rir.shape[-1] > samples:  # a response longer than the period wraps around it
-        noise_rir = torch.nn.functional.pad(noise_rir, (0, -noise_rir.shape[-1] % samples))
-        noise_rir = noise_rir.view(*noise_rir.shape[:2], -1, samples).sum(dim=2)
-    noise_f = torch.fft.rfft(sources)[:, None] * torch.fft.rfft(noise_rir, n=samples)  # (K, M, N // 2 + 1)
+    noise_f = torch.fft.rfft(sources)[:, None] * torch.fft.rfft(
+        folded[pair_item_t, torch.from_numpy(pair_position).to(device)])  # (K, M, F)
     # sum each item's positions: an item has at most one pair per position, so add position by position
     per_item = None
     for position in np.unique(pair_position):
@@ -200,7 +199,7 @@ def mix(plans: Plans, speech: SignalPool, noise: SignalPool, bank: RoomBank, sec
     noise_mix = torch.fft.irfft(per_item, n=samples)  # (B, M, N)
     early_end = direct[torch.arange(batch, device=device), 0, reference].floor() + round(EARLY_WINDOW * SAMPLE_RATE)
     early = rir[:, 0, 0] * (torch.arange(rir.shape[-1], device=device)[None] < early_end[:, None])
-    target = torch.fft.irfft(speech_f * torch.fft.rfft(early, n=size), n=size)[..., :samples]  # (B, N)
+    target = torch.fft.irfft(speech_f * torch.fft.rfft(_fold(early, samples)), n=samples)  # (B, N)
 
     power = reverberant[:, 0].square().mean(dim=1)  # (B,) at the reference mic
     snr = torch.from_numpy(plans.snr_db).to(device)
@@ -219,6 +218,14 @@ def mix(plans: Plans, speech: SignalPool, noise: SignalPool, bank: RoomBank, sec
     peak = torch.maximum(noisy.abs().amax(dim=(1, 2)), target.abs().amax(dim=1)).clamp(min=1e-9)
     scale = torch.from_numpy(plans.level).to(device) / peak
     return noisy * scale[:, None, None], target * scale[:, None]
+
+
+def _fold(response: Tensor, samples: int) -> Tensor:
+    """``response`` (..., L) wrapped onto one period of ``samples`` (..., N): the circular equivalent."""
+    if response.shape[-1] <= samples:
+        return torch.nn.functional.pad(response, (0, samples - response.shape[-1]))
+    padded = torch.nn.functional.pad(response, (0, -response.shape[-1] % samples))
+    return padded.view(*response.shape[:-1], -1, samples).sum(dim=-2)
 
 
 _WHITE: dict[str, Tensor] = {}

@@ -108,8 +108,8 @@ def _spec(**changes):
 
 
 def test_item_is_the_convolutions_at_the_drawn_snr(bank):
-    """Against numpy: target = speech * (direct + 50 ms at the first chosen mic); noisy minus the
-    reverberant speech is the noise, at the drawn SNR at that mic."""
+    """Against numpy: target = speech * (direct + 50 ms at the first chosen mic), circularly over the
+    item; noisy minus the reverberant speech is the noise, at the drawn SNR at that mic."""
     speech, noise = _pools()
     spec = _spec()
     plans = draw_plans([5], seed=1, mic_block=1, spec=spec, bank=bank, speech=speech, noise=noise)
@@ -118,8 +118,12 @@ def test_item_is_the_convolutions_at_the_drawn_snr(bank):
     rir = bank.fetch(torch.tensor([room]), torch.from_numpy(mics[None]), length=int(bank.useful_lengths(torch.tensor([room]))[0]))[0]
     clean = speech.crops(torch.tensor([plans.speech[0]]), torch.tensor([plans.speech_offset[0]]), FS, tile=False)[0]
     early_end = int(np.floor(float(bank.direct[room, 0, int(mics[0])]))) + 800
-    want_target = np.convolve(clean.numpy(), rir[0, 0, :early_end].numpy())[:FS]
-    want_reverberant = np.stack([np.convolve(clean.numpy(), rir[0, m].numpy())[:FS] for m in range(3)])
+    def circular(signal, response):  # the item is one period: the linear convolution wrapped onto it
+        full = np.convolve(signal, response)
+        return np.bincount(np.arange(len(full)) % FS, weights=full, minlength=FS)
+
+    want_target = circular(clean.numpy(), rir[0, 0, :early_end].numpy())
+    want_reverberant = np.stack([circular(clean.numpy(), rir[0, m].numpy()) for m in range(3)])
     scale = float(target.abs().max() / np.abs(want_target).max())  # the item's level is drawn: compare shapes
     np.testing.assert_allclose(target[0].numpy(), want_target * scale, atol=2e-5 * scale * np.abs(want_target).max() * 50)
     rest = noisy[0].numpy() - want_reverberant * scale
