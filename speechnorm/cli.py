@@ -148,7 +148,14 @@ def _screen(args: argparse.Namespace) -> int:
     floors = screen.Floors(dnsmos_ovrl=args.ovrl, dnsmos_bak=args.bak, noise_floor_db=args.noise_floor,
                            clip_fraction=args.clipping, high_band_db=args.high_band)
     if not args.decide_only:
-        screen.score(args.speech_dir, floors, packages=args.first, progress=lambda line: print(line, flush=True))
+        try:
+            shard = tuple(int(part) for part in args.shard.split("/"))
+            assert len(shard) == 2 and 0 <= shard[0] < shard[1]
+        except (ValueError, AssertionError):
+            print(f"speechnorm screen: --shard must be I/N with 0 <= I < N, got {args.shard!r}", file=sys.stderr)
+            return 2
+        screen.score(args.speech_dir, floors, packages=args.first, progress=lambda line: print(line, flush=True),
+                     shard=shard)
     table = screen.report(screen.decide(args.speech_dir, floors))
     print(table)
     if args.out:
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     screen.add_argument("--clipping", type=float, default=0.002, help="fraction of clipped samples at most")
     screen.add_argument("--high-band", type=float, default=-35.0, help="energy above 4 kHz at least, dB")
     screen.add_argument("--threads", type=int, default=1)
+    screen.add_argument("--shard", default="0/1", help="I/N: score every N-th group from the I-th (N processes side by side)")
     screen.add_argument("--out", default=None, help="also write the table to this markdown file")
     screen.set_defaults(run=_screen)
     bank = commands.add_parser("bank", help="build a bank of generated rooms for training (speechnorm/data/bank.py); "

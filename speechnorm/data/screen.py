@@ -88,10 +88,13 @@ def groups(rows: list[dict], seconds: float = GROUP_SECONDS) -> list[list[dict]]
 
 
 def _read(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    with open(path, newline="") as handle:
-        return {r["file"]: r for r in csv.DictReader(handle)}
+    """Rows by file of ``path`` and of its shards (``NAME-IofN.csv`` beside it)."""
+    rows = {}
+    for part in [path, *sorted(path.parent.glob(f"{path.stem}-*of*.csv"))]:
+        if part.exists():
+            with open(part, newline="") as handle:
+                rows.update({r["file"]: r for r in csv.DictReader(handle)})
+    return rows
 
 
 def _speech_rows(folder: Path) -> list[dict]:
@@ -99,16 +102,20 @@ def _speech_rows(folder: Path) -> list[dict]:
         return [r for r in csv.DictReader(handle) if r.get("kind", "speech") == "speech"]
 
 
-def score(folder: str | Path, floors: "Floors" = None, packages: list[str] | None = None, progress=None) -> int:
+def score(folder: str | Path, floors: "Floors" = None, packages: list[str] | None = None, progress=None,
+          shard: tuple[int, int] = (0, 1)) -> int:
     """Measure every speech utterance of ``folder/manifest.csv`` (``screen-measures.csv``), then
     DNSMOS-score, in groups, those that pass the cheap ``floors`` (``screen-dnsmos.csv``;
-    ``packages`` first). Both files grow row by row, so a stopped pass resumes. Returns how many
-    utterances DNSMOS scored."""
+    ``packages`` first). Both files grow row by row, so a stopped pass resumes. ``shard`` (I, N):
+    this process scores every N-th group from the I-th, into ``screen-dnsmos-IofN.csv`` (run N
+    processes side by side once the cheap pass is done). Returns how many utterances DNSMOS scored."""
     from ..scoring import dnsmos
 
     folder, floors = Path(folder), floors or Floors()
     rows = _speech_rows(folder)
-    cheap_path, dnsmos_path = folder / "screen-measures.csv", folder / "screen-dnsmos.csv"
+    index, count = shard
+    cheap_path = folder / "screen-measures.csv"
+    dnsmos_path = folder / ("screen-dnsmos.csv" if count == 1 else f"screen-dnsmos-{index}of{count}.csv")
     cheap = _read(cheap_path)
     with open(cheap_path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CHEAP_FIELDS)
@@ -125,16 +132,17 @@ def score(folder: str | Path, floors: "Floors" = None, packages: list[str] | Non
                 values = {k: "nan" for k in CHEAP_FIELDS[1:]}
             cheap[row["file"]] = {"file": row["file"], **values}
             writer.writerow(cheap[row["file"]])
-    scored = _read(dnsmos_path)
+    scored = _read(folder / "screen-dnsmos.csv")
     first = packages or []
     todo = [r for r in rows if r["file"] not in scored and _failure(cheap[r["file"]], floors, cheap_only=True) == ""]
     todo.sort(key=lambda r: first.index(r["package"]) if r["package"] in first else len(first))
     count = 0
+    fresh = not dnsmos_path.exists()
     with open(dnsmos_path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=DNSMOS_FIELDS)
-        if not scored:
+        if fresh:
             writer.writeheader()
-        for number, group in enumerate(groups(todo)):
+        for number, group in enumerate(groups(todo)[index::count]):
             pieces = []
             for row in group:
                 audio, rate = sf.read(folder / row["file"], dtype="float32", always_2d=True)
