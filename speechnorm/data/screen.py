@@ -113,9 +113,9 @@ def score(folder: str | Path, floors: "Floors" = None, packages: list[str] | Non
 
     folder, floors = Path(folder), floors or Floors()
     rows = _speech_rows(folder)
-    index, count = shard
+    index, shards = shard
     cheap_path = folder / "screen-measures.csv"
-    dnsmos_path = folder / ("screen-dnsmos.csv" if count == 1 else f"screen-dnsmos-{index}of{count}.csv")
+    dnsmos_path = folder / ("screen-dnsmos.csv" if shards == 1 else f"screen-dnsmos-{index}of{shards}.csv")
     cheap = _read(cheap_path)
     with open(cheap_path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CHEAP_FIELDS)
@@ -142,7 +142,7 @@ def score(folder: str | Path, floors: "Floors" = None, packages: list[str] | Non
         writer = csv.DictWriter(handle, fieldnames=DNSMOS_FIELDS)
         if fresh:
             writer.writeheader()
-        for number, group in enumerate(groups(todo)[index::count]):
+        for number, group in enumerate(groups(todo)[index::shards]):
             pieces = []
             for row in group:
                 audio, rate = sf.read(folder / row["file"], dtype="float32", always_2d=True)
