@@ -10,8 +10,8 @@ and the pack fit the 64 MiB a GPU machine receives):
   about 31 kbit/s for speech at 16 kHz (measured: PESQ-wb 4.55, SI-SDR 24 dB for the round trip
   of 90 s of one voice); decoding runs 130-290x real time on one core.
 
-Speech goes in first (the ``speech_screen``'s kept training utterances, and the validation and
-test utterances), then noise, piece by piece, until the budget is reached. ``read`` decodes a pack
+Speech goes in first (the screen's kept training utterances, and the validation utterances; the
+test voices stay at home), then noise of the same splits, piece by piece, until the budget is reached. ``read`` decodes a pack
 into ``SignalPool``s per split, on the CPU or straight onto a GPU.
 """
 
@@ -39,11 +39,14 @@ class PackError(ValueError):
 
 
 def write(out: str | Path, speech_dir: str | Path, noise_dir: str | Path, budget_mib: float = 30.0,
-          speech_level: float = 0.9, noise_level: float = 1.0, screened: bool = True) -> dict:
+          speech_level: float = 0.9, noise_level: float = 1.0, screened: bool = True,
+          splits: tuple[str, ...] = ("train", "val")) -> dict:
     """Write the pack of a ``speechnorm data`` corpus to ``out``; returns its summary (bytes,
-    seconds and entries per kind). ``screened``: training speech only where ``screen.csv`` keeps it."""
+    seconds and entries per kind). ``screened``: training speech only where ``screen.csv`` keeps it.
+    ``splits``: what travels (training needs train and val; the test voices stay at home)."""
     out, speech_dir, noise_dir = Path(out), Path(speech_dir), Path(noise_dir)
-    rows = {kind: _manifest(folder) for kind, folder in (("speech", speech_dir), ("noise", noise_dir))}
+    rows = {kind: [r for r in _manifest(folder) if r["split"] in splits]
+            for kind, folder in (("speech", speech_dir), ("noise", noise_dir))}
     if screened:
         from .screen import read_kept
 

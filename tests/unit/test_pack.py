@@ -15,7 +15,9 @@ FS = 16_000
 def test_round_trip_keeps_lengths_labels_and_the_waveform(pack_corpus, tmp_path):
     corpus = pack_corpus
     done = pack.write(tmp_path / "pack", corpus / "speech", corpus / "noise")
-    assert done["speech"]["entries"] == 4  # u1 was screened out of training
+    assert done["speech"]["entries"] == 3  # u1 was screened out of training, u4 is a test utterance
+    with pytest.raises(pack.PackError, match="no speech of split 'test'"):
+        pack.read(tmp_path / "pack", "test")
     speech, noise = pack.read(tmp_path / "pack", "train")
     assert speech.labels == ["a", "a"] and noise.labels == ["recorded"]
     for file, index in (("u0.flac", 0), ("u2.flac", 1)):
