@@ -9,7 +9,7 @@
 #    trains for BUDGET seconds of wall clock, validates, writes model.ckpt, curve.csv/png,
 #    summary.json and log.txt under OUT (default $OUT, the device tool's returned folder).
 # Settings by environment: BUDGET (s, default 480), BATCH (32), ITEM_SECONDS (3), BANK_ROOMS (20000),
-# PACK (.cache/pack), INIT_FROM (models/tac_gru_online_small_v2; "" starts from scratch), SIZE (small),
+# PACK (.cache/pack), BANK_DIR (.cache/room_bank_N, outside OUT: a bank is GBs), INIT_FROM (models/tac_gru_online_small_v2; "" starts from scratch), SIZE (small),
 # DEVICE (cuda when there is one). The test suite runs it on the CPU with a tiny budget (its dry run).
 set -euo pipefail
 OUT=${OUT:-runs/device_train}
@@ -27,6 +27,7 @@ ARGS=(--pack "${PACK:-.cache/pack}" --out "$OUT" --budget "${BUDGET:-480}" --bat
       --seconds "${ITEM_SECONDS:-3}" --bank-rooms "${BANK_ROOMS:-20000}" --size "${SIZE:-small}")
 [ -n "$INIT" ] && ARGS+=(--init-from "$INIT")
 [ -n "${DEVICE:-}" ] && ARGS+=(--device "$DEVICE")
+[ -n "${BANK_DIR:-}" ] && ARGS+=(--bank-dir "$BANK_DIR")
 [ -n "${VAL_EVERY:-}" ] && ARGS+=(--val-every "$VAL_EVERY")
 [ -n "${VAL_BATCHES:-}" ] && ARGS+=(--val-batches "$VAL_BATCHES")
 set -o pipefail

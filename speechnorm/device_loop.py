@@ -66,16 +66,20 @@ def run(pack_dir: str | Path, out: str | Path, budget_s: float, device: str | No
     val_speech, val_noise = pack.read(pack_dir, "val", device)
     say(f"{device}: pack decoded: train speech {len(speech)} utterances, {speech.audio.numel() / 16000 / 3600:.2f} h; "
         f"noise {noise.audio.numel() / 16000 / 3600:.2f} h")
-    bank_dir = Path(bank_dir) if bank_dir else out / "bank"
+    bank_dir = Path(bank_dir) if bank_dir else Path(".cache") / f"room_bank_{bank_rooms}"  # not under OUT: it is GBs
     settings = BankSettings(rooms=bank_rooms, chunk=min(256, bank_rooms), seed=seed)
     bank = build(bank_dir, settings, device=device).to(device)
     say(f"room bank: {len(bank)} rooms x {settings.mics} mics x {settings.sources} sources")
     spec = BankMixSpec(seconds=seconds, mics=(2, 6), noise_kinds=KINDS)
-    net = build_model(model, norm="online", size=size).to(device)
-    if init_from:
+    hyper = {"model": model, "norm": "online", "size": size, "model_config": None}
+    if init_from:  # the source's own model and normalizer settings (its defaults pinned), not today's
         from .models.checkpoint import load_model
 
-        net.load_state_dict(load_model(init_from)[0].state_dict())
+        net, info = load_model(init_from)
+        hyper = {key: info.get(key, hyper[key]) for key in hyper}
+        net = net.to(device).train()
+    else:
+        net = build_model(model, norm="online", size=size).to(device)
     loss_stft = MultiResolutionSTFTLoss().to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     delay = net.delay_samples
@@ -137,7 +141,7 @@ def run(pack_dir: str | Path, out: str | Path, budget_s: float, device: str | No
                "val_si_sdr_after": round(after, 3), "val_si_sdr_noisy": round(noisy_sdr, 3), "model": model, "size": size,
                "init_from": init_from, "pack": pack.summary(pack.load_meta(pack_dir))}
     torch.save({"state_dict": {f"model.{k}": v.cpu() for k, v in net.state_dict().items()},
-                "hyper_parameters": {"model": model, "norm": "online", "size": size, "model_config": None},
+                "hyper_parameters": hyper,
                 "global_step": step, NORM_DEFAULTS_KEY: DEFAULTS_VERSION}, out / "model.ckpt")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     with open(out / "curve.csv", "w") as handle:
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=3.0, help="item length")
     parser.add_argument("--bank-rooms", type=int, default=20_000)
-    parser.add_argument("--bank-dir", default=None, help="an existing bank to reuse (default: build one under OUT)")
+    parser.add_argument("--bank-dir", default=None, help="where the bank is built or reused (default .cache/room_bank_N)")
     parser.add_argument("--size", default="small")
     parser.add_argument("--init-from", default=None, help="a checkpoint or released model to start from")
     parser.add_argument("--lr", type=float, default=1e-3)

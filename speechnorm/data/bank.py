@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,10 +117,30 @@ def _write_chunk(path: Path, settings: BankSettings, index: int, count: int, dev
     os.replace(tmp, path)
 
 
+def _mapped(path: Path, name: str) -> np.ndarray:
+    """The array ``name`` of an uncompressed .npz, memory-mapped where it lies inside the file
+    (``np.load(mmap_mode=...)`` maps plain .npy files only and reads an .npz member whole)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise BankError(f"{path}: {name} is compressed; a bank chunk is written uncompressed")
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(handle)
+        offset = handle.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 class RoomBank:
     """A built bank, opened for reading: ``fetch(rooms, mics)`` gives float32 responses.
 
-    The chunks are memory-mapped; on a GPU, ``to(device)`` loads the whole bank there once."""
+    The responses are memory-mapped inside the chunks (a 10,000-room bank is 7.6 GB): a fetch reads
+    its rooms' pages only. On a GPU, ``to(device)`` loads the whole bank there once."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
@@ -142,13 +164,16 @@ class RoomBank:
         self._chunks = []
         for i in range(count):
             try:
-                self._chunks.append(np.load(_chunk_path(folder, i), mmap_mode="r"))
+                self._chunks.append(np.load(_chunk_path(folder, i)))  # an NpzFile: members read when asked
             except (OSError, ValueError) as err:
                 raise BankError(f"{_chunk_path(folder, i)}: cannot be read ({err}); delete it and rerun the build") from None
         self.direct = torch.from_numpy(np.concatenate([c["direct"] for c in self._chunks]))  # (R, S, M)
         self.t60 = torch.from_numpy(np.concatenate([c["t60"] for c in self._chunks]))
         self.lengths = torch.from_numpy(np.concatenate([c["lengths"] for c in self._chunks]))
-        self._flat = [c["rir"] for c in self._chunks]
+        try:  # read per room when fetched, not whole
+            self._flat = [_mapped(_chunk_path(folder, i), "rir") for i in range(count)]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, struct.error) as err:
+            raise BankError(f"{folder}: a chunk's responses cannot be mapped ({err}); delete it and rerun the build") from None
         self._offsets = [c["offsets"] for c in self._chunks]
         self._device_rirs: Tensor | None = None
 

@@ -42,8 +42,8 @@ class EnhancementDataModule(L.LightningDataModule):
             the fly from it (``mixing.BankMixtures``: a bank room with a random subset and order of
             its mics, speech crop, noise, SNR), ~25x faster than simulating each room. Validation
             and test clips stay simulated per item, as without it, so numbers stay comparable.
-            ``train_mics`` is the range of mic counts of its items (``noise_kinds`` without
-            "noise"/"recorded"/"generated"/"babble"/"talker" weights default to the real_rooms mix).
+            ``train_mics`` is the range of mic counts of its items; ``noise_kinds`` as for the
+            simulated items.
         speech_quality_floor: screen the *training* speech by DNSMOS, e.g. {"dnsmos_bak": 3.0}:
             utterances scored below a floor (``scripts/corpus_quality.py --all``) are left out, so
             the model never learns to keep a recording's own background. Validation and test

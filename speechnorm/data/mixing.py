@@ -49,6 +49,8 @@ class BankMixSpec:
         unknown = {k for k, _ in self.noise_kinds} - known
         if unknown:
             raise ValueError(f"noise kinds must be among {sorted(known)}, got {sorted(unknown)}")
+        if not 1 <= self.noise_sources[0] <= self.noise_sources[1]:
+            raise ValueError(f"noise_sources must be (low, high) with 1 <= low <= high, got {self.noise_sources}")
         if not 1 <= self.mics[0] <= self.mics[1]:
             raise ValueError(f"mics must be (low, high) with 1 <= low <= high, got {self.mics}")
 

@@ -20,7 +20,7 @@ def test_device_train_dry_run(pack_corpus, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PACK": str(tmp_path / "pack"), "BUDGET": "30", "BATCH": "2",
            "ITEM_SECONDS": "1", "BANK_ROOMS": "4", "INIT_FROM": "", "DEVICE": "cpu", "VAL_BATCHES": "1",
-           "VAL_EVERY": "2", "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+           "VAL_EVERY": "2", "PY": sys.executable, "OMP_NUM_THREADS": "1", "BANK_DIR": str(tmp_path / "bank")}
     done = subprocess.run(["bash", "scripts/device_train.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
