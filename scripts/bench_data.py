@@ -29,7 +29,7 @@ from speechnorm.data.mixing import BankMixSpec, BankMixtures
 from speechnorm.data.pool import pools_from_corpus
 from speechnorm.data.rooms import MixSpec
 
-KINDS = (("recorded", 0.3), ("generated", 0.15), ("babble", 0.3), ("talker", 0.25))
+KINDS = BankMixSpec().noise_kinds  # the real_rooms recipe's mix, for both paths
 
 
 def main(argv=None) -> int:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     speech, noise = pools_from_corpus(corpus)  # decoded once, as a training run does before its first step
     new = BankMixtures(bank, speech, noise, 10_000, seed=1, mic_block=args.batch,
-                       spec=BankMixSpec(seconds=3.0, mics=(2, 6), noise_kinds=KINDS))
+                       spec=BankMixSpec(seconds=3.0, mics=(2, 6)))
     new.__getitems__(list(range(args.batch)))
     started = time.perf_counter()
     for batch in range(1, 1 + args.new_batches):

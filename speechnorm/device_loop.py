@@ -30,9 +30,6 @@ from .norm import DEFAULTS_VERSION
 from .scoring import align
 from .task import MultiResolutionSTFTLoss
 
-KINDS = (("recorded", 0.3), ("generated", 0.15), ("babble", 0.3), ("talker", 0.25))
-
-
 def _validation(model, items: list, delay: int) -> tuple[float, float]:
     """Mean SI-SDR of the model and of the noisy reference mic over fixed validation batches."""
     model.eval()
@@ -70,7 +67,7 @@ def run(pack_dir: str | Path, out: str | Path, budget_s: float, device: str | No
     settings = BankSettings(rooms=bank_rooms, chunk=min(256, bank_rooms), seed=seed)
     bank = build(bank_dir, settings, device=device).to(device)
     say(f"room bank: {len(bank)} rooms x {settings.mics} mics x {settings.sources} sources")
-    spec = BankMixSpec(seconds=seconds, mics=(2, 6), noise_kinds=KINDS)
+    spec = BankMixSpec(seconds=seconds, mics=(2, 6))  # the real_rooms recipe's noise kinds
     hyper = {"model": model, "norm": "online", "size": size, "model_config": None}
     if init_from:  # the source's own model and normalizer settings (its defaults pinned), not today's
         from .models.checkpoint import load_model

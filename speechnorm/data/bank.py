@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .versioned import read_versioned
 from .roomgen import CROSSFADE, SAMPLE_RATE, T60_SHAPE, generate, random_rooms
 
 BANK_VERSION = 1
@@ -144,16 +145,8 @@ class RoomBank:
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        meta_path = folder / "bank.json"
-        if not meta_path.exists():
-            raise BankError(f"{folder} holds no room bank (no bank.json): build one with `speechnorm bank --out {folder}`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise BankError(f"{meta_path}: not JSON ({err})") from None
-        if meta.get("version") != BANK_VERSION:
-            raise BankError(f"{meta_path}: bank version {meta.get('version')}, this speechnorm reads version "
-                            f"{BANK_VERSION}: rebuild it")
+        meta = read_versioned(folder / "bank.json", BANK_VERSION, BankError, "room bank",
+                              f"build one with `speechnorm bank --out {folder}`", "rebuild it")
         self.settings = BankSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["settings"].items()})
         self.folder, self.device = folder, torch.device("cpu")
         count = -(-self.settings.rooms // self.settings.chunk)

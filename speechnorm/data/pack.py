@@ -28,6 +28,7 @@ import soundfile as sf
 import torch
 
 from .pool import SignalPool
+from .versioned import read_versioned
 
 PACK_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -138,15 +139,8 @@ def summary(meta: dict) -> dict:
 def load_meta(folder: str | Path) -> dict:
     folder = Path(folder)
     path = folder / "pack.json"
-    if not path.exists():
-        raise PackError(f"{folder} holds no corpus pack (no pack.json): write one with `speechnorm data --pack {folder}`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PackError(f"{path}: not JSON ({err})") from None
-    if meta.get("version") != PACK_VERSION:
-        raise PackError(f"{path}: pack version {meta.get('version')}, this speechnorm reads version {PACK_VERSION}: "
-                        "write the pack again")
+    meta = read_versioned(path, PACK_VERSION, PackError, "corpus pack",
+                          f"write one with `speechnorm data --pack {folder}`", "write the pack again")
     if meta.get("sample_rate") != SAMPLE_RATE:
         raise PackError(f"{path}: a pack at {meta.get('sample_rate')} Hz; speechnorm's models run at {SAMPLE_RATE} Hz")
     return meta

@@ -2,7 +2,7 @@
 
 A hybrid room impulse response, as the field makes them for training data:
 
-- **Early part: image sources** (Allen & Berkley) up to ``IMAGE_WINDOW`` after the earliest direct
+- **Early part: image sources** (Allen & Berkley) up to ``CROSSFADE[1]`` after the earliest direct
   sound of each source, each placed with a fractional delay (a Hann-windowed sinc of ``taps``
   taps, not a rounded sample: 5 cm between mics is 2.3 samples at 16 kHz). One pressure
   reflection coefficient for all walls, chosen so that the image-source model of the room
@@ -46,7 +46,6 @@ EARLY_WINDOW = 0.050  # the target: direct sound + this much
 # closest to full image sources with it at 70-90 ms: at 50-70 ms the tail (a mean over directions)
 # stands in where a small room's images still decay faster, and C50 came 0.9 dB off.
 CROSSFADE = (0.070, 0.090)
-IMAGE_WINDOW = CROSSFADE[1]
 #: T60 per octave band relative to the mid-band T60 (air and furnishings absorb more at high frequencies)
 T60_SHAPE = ((125.0, 1.2), (250.0, 1.1), (500.0, 1.0), (1000.0, 1.0), (2000.0, 0.9), (4000.0, 0.75), (8000.0, 0.55))
 TAIL_FFT, TAIL_HOP = 512, 256  # with a square-root Hann window, Σ w² = 1 at every sample
